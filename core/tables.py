@@ -1,0 +1,308 @@
+"""Table files: the latency and importance look-up tables, their keys, and the shipped manifest.
+
+A table directory holds ``latency.csv``, ``importance.csv`` and ``meta.json`` (DESIGN.md,
+"Contracts"). Rows are keyed by ``(start, end, kernel, depthwise, stride)``; the two tables are
+joined by that key, never by row order (the original code zips two dicts and relies on order).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from core.errors import TableMismatchError
+
+__all__ = [
+    "EntryKey",
+    "TableEntry",
+    "Tables",
+    "LATENCY_COLUMNS",
+    "IMPORTANCE_COLUMNS",
+    "read_tables",
+    "write_latency_csv",
+    "write_importance_csv",
+    "write_meta",
+    "read_meta",
+    "tables_digest",
+    "atomic_write_text",
+    "read_manifest",
+    "MANIFEST_PATH",
+]
+
+EntryKey = tuple[int, int, int, bool, int]  # (start, end, kernel, depthwise, stride)
+
+KEY_COLUMNS = ("start", "end", "kernel", "depthwise", "stride", "kept_convs")
+LATENCY_COLUMNS = (*KEY_COLUMNS, "latency_ms", "latency_spread_ms")
+IMPORTANCE_COLUMNS = (*KEY_COLUMNS, "importance", "delta_acc", "delta_loss")
+MANIFEST_PATH = Path(__file__).resolve().parent.parent / "cached_tables" / "manifest.json"
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One (segment, kernel option) with its measured latency and importance.
+
+    ``kernel == 0`` marks the removal of a single conv (used by the layer-only baseline); it has
+    latency 0 by definition and appears in ``importance.csv`` only.
+    """
+
+    start: int
+    end: int
+    kernel: int
+    depthwise: bool
+    stride: int
+    kept_convs: tuple[int, ...]
+    latency_ms: float = float("nan")
+    latency_spread_ms: float = float("nan")
+    importance: float = float("nan")
+    delta_acc: float = float("nan")
+    delta_loss: float = float("nan")
+
+    @property
+    def key(self) -> EntryKey:
+        return (self.start, self.end, self.kernel, self.depthwise, self.stride)
+
+    @property
+    def is_removal(self) -> bool:
+        return self.kernel == 0
+
+    @property
+    def keeps_all_convs(self) -> bool:
+        """True when no conv of the segment is pruned (the only options Kim23 can express)."""
+        return len(self.kept_convs) == self.end - self.start
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Latency and importance joined by key, with the directory's metadata."""
+
+    entries: tuple[TableEntry, ...]
+    meta: dict[str, Any]
+    digest: str = ""
+
+    @property
+    def last_position(self) -> int:
+        return max(e.end for e in self.entries)
+
+    @property
+    def original_latency_ms(self) -> float:
+        """Table latency of the keep-everything solution, the base of ``--budget FRACTION``."""
+        if "original_table_latency_ms" in self.meta:
+            return float(self.meta["original_table_latency_ms"])
+        singles = [e for e in self.entries if e.end - e.start == 1 and e.keeps_all_convs]
+        return float(sum(e.latency_ms for e in singles))
+
+
+def _key_from_row(row: dict[str, str], path: Path, line: int) -> tuple[EntryKey, tuple[int, ...]]:
+    try:
+        depthwise_text = row["depthwise"].strip().lower()
+        if depthwise_text not in ("true", "false", "1", "0"):
+            raise ValueError(f"depthwise must be true/false, got {row['depthwise']!r}")
+        kept = json.loads(row["kept_convs"])
+        if not isinstance(kept, list) or not all(isinstance(c, int) for c in kept):
+            raise ValueError(f"kept_convs must be a JSON list of ints, got {row['kept_convs']!r}")
+        key = (
+            int(row["start"]),
+            int(row["end"]),
+            int(row["kernel"]),
+            depthwise_text in ("true", "1"),
+            int(row["stride"]),
+        )
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise TableMismatchError(f"{path} line {line}: bad key fields ({exc})") from exc
+    if not 0 <= key[0] < key[1]:
+        raise TableMismatchError(f"{path} line {line}: segment ({key[0]}, {key[1]}] is empty")
+    return key, tuple(kept)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise TableMismatchError(f"table file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TableMismatchError(f"table file {path} cannot be read: {exc}") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    missing = set(columns) - set(reader.fieldnames or ())
+    if missing:
+        raise TableMismatchError(
+            f"{path} is not a LayerMerge table: missing columns {sorted(missing)}"
+        )
+    return list(reader)
+
+
+def _float(row: dict[str, str], name: str, path: Path, line: int) -> float:
+    try:
+        return float(row[name])
+    except (TypeError, ValueError) as exc:
+        raise TableMismatchError(f"{path} line {line}: {name}={row.get(name)!r} is not a number") from exc
+
+
+def read_tables(directory: str | Path, *, require_importance: bool = True) -> Tables:
+    """Read a table directory and join latency and importance by key.
+
+    Raises:
+        TableMismatchError: a file is missing, corrupt, or the two tables disagree on their keys.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise TableMismatchError(f"table directory {str(directory)!r} does not exist")
+    meta = read_meta(directory)
+    latency: dict[EntryKey, tuple[tuple[int, ...], float, float]] = {}
+    lat_path = directory / "latency.csv"
+    for line, row in enumerate(_read_csv(lat_path, LATENCY_COLUMNS), start=2):
+        key, kept = _key_from_row(row, lat_path, line)
+        if key in latency:
+            raise TableMismatchError(f"{lat_path} line {line}: duplicate key {key}")
+        latency[key] = (
+            kept,
+            _float(row, "latency_ms", lat_path, line),
+            _float(row, "latency_spread_ms", lat_path, line),
+        )
+    importance: dict[EntryKey, tuple[tuple[int, ...], float, float, float]] = {}
+    imp_path = directory / "importance.csv"
+    if imp_path.exists() or require_importance:
+        for line, row in enumerate(_read_csv(imp_path, IMPORTANCE_COLUMNS), start=2):
+            key, kept = _key_from_row(row, imp_path, line)
+            if key in importance:
+                raise TableMismatchError(f"{imp_path} line {line}: duplicate key {key}")
+            importance[key] = (
+                kept,
+                _float(row, "importance", imp_path, line),
+                _float(row, "delta_acc", imp_path, line),
+                _float(row, "delta_loss", imp_path, line),
+            )
+    entries: list[TableEntry] = []
+    for key, (kept, lat, spread) in latency.items():
+        entry = TableEntry(*key, kept_convs=kept, latency_ms=lat, latency_spread_ms=spread)
+        if importance:
+            if key not in importance:
+                raise TableMismatchError(
+                    f"{directory}: latency entry {key} has no importance row; "
+                    "the tables were made for different chains"
+                )
+            ikept, imp, dacc, dloss = importance[key]
+            if ikept != kept:
+                raise TableMismatchError(
+                    f"{directory}: entry {key} keeps convs {list(kept)} in latency.csv but "
+                    f"{list(ikept)} in importance.csv"
+                )
+            entry = replace(entry, importance=imp, delta_acc=dacc, delta_loss=dloss)
+        entries.append(entry)
+    for key, (kept, imp, dacc, dloss) in importance.items():
+        if key in latency:
+            continue
+        if key[2] != 0:
+            raise TableMismatchError(
+                f"{directory}: importance entry {key} has no latency row; "
+                "the tables were made for different chains"
+            )
+        entries.append(
+            TableEntry(
+                *key,
+                kept_convs=kept,
+                latency_ms=0.0,
+                latency_spread_ms=0.0,
+                importance=imp,
+                delta_acc=dacc,
+                delta_loss=dloss,
+            )
+        )
+    if not entries:
+        raise TableMismatchError(f"{directory}: the tables hold no entries")
+    entries.sort(key=lambda e: (e.end, e.start, e.kernel, e.depthwise))
+    return Tables(entries=tuple(entries), meta=meta, digest=tables_digest(directory))
+
+
+def _key_cells(entry: TableEntry) -> list[Any]:
+    return [
+        entry.start,
+        entry.end,
+        entry.kernel,
+        str(entry.depthwise).lower(),
+        entry.stride,
+        json.dumps(list(entry.kept_convs)),
+    ]
+
+
+def _csv_text(columns: tuple[str, ...], rows: Iterable[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_latency_csv(path: str | Path, entries: Iterable[TableEntry]) -> None:
+    """Write the latency table (removal entries, latency 0 by definition, are left out)."""
+    rows = [
+        [*_key_cells(e), f"{e.latency_ms:.6g}", f"{e.latency_spread_ms:.6g}"]
+        for e in entries
+        if not e.is_removal
+    ]
+    atomic_write_text(path, _csv_text(LATENCY_COLUMNS, rows))
+
+
+def write_importance_csv(path: str | Path, entries: Iterable[TableEntry]) -> None:
+    """Write the importance table, removal entries included."""
+    rows = [
+        [*_key_cells(e), f"{e.importance:.9g}", f"{e.delta_acc:.6g}", f"{e.delta_loss:.6g}"]
+        for e in entries
+    ]
+    atomic_write_text(path, _csv_text(IMPORTANCE_COLUMNS, rows))
+
+
+def write_meta(directory: str | Path, meta: dict[str, Any]) -> None:
+    atomic_write_text(Path(directory) / "meta.json", json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise TableMismatchError(f"{path} does not exist: not a table directory") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TableMismatchError(f"{path} is corrupt: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise TableMismatchError(f"{path} must hold a JSON object")
+    return meta
+
+
+def tables_digest(directory: str | Path) -> str:
+    """Content digest of a table directory's two CSVs (the solution file records it)."""
+    digest = hashlib.sha256()
+    for name in ("latency.csv", "importance.csv"):
+        path = Path(directory) / name
+        if path.exists():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_manifest(path: str | Path = MANIFEST_PATH) -> list[dict[str, Any]]:
+    """The shipped tables listed in ``cached_tables/manifest.json`` (empty when absent)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TableMismatchError(f"{path} is corrupt: {exc}") from exc
+    tables = data.get("tables", []) if isinstance(data, dict) else data
+    return list(tables)
