@@ -670,6 +670,11 @@ class _ChainBuilder:
         if node.op == "call_module":
             return f"'{node.target}' ({type(self.modules[node.target]).__name__})"
         target = getattr(node.target, "__name__", str(node.target))
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path, module_type = list(stack.values())[-1]
+            type_name = getattr(module_type, "__name__", str(module_type))
+            return f"'{target}' inside module '{path}' ({type_name})"
         return f"'{node.name}' ({node.op} {target})"
 
 

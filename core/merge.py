@@ -175,7 +175,7 @@ def merge(training: StepNetwork, chain: Chain, solution: Solution) -> StepNetwor
         "input_shape": list(chain.input_shape),
         "steps": steps,
     }
-    merged = StepNetwork(spec)
+    merged = StepNetwork(spec, initialize=False)
     for name, state in weights.items():
         merged.layers[name].load_state_dict(state)
     return merged.eval()

@@ -81,10 +81,17 @@ class StepNetwork(nn.Module):
 
     Args:
         spec: ``{"version", "input_shape", "steps"}``; see the module docstring for step kinds.
+        initialize: run the layers' random initialisation. Builders that load every weight right
+            after (surgery, merge, export) skip it: it is most of the build time.
     """
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], *, initialize: bool = True) -> None:
         super().__init__()
+        if not initialize:
+            with torch.device("meta"):
+                self.__init__(spec, initialize=True)
+            self.to_empty(device="cpu")
+            return
         self.spec = copy.deepcopy(spec)
         self.layers = nn.ModuleDict()
         for step in self.spec["steps"]:

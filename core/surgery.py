@@ -57,9 +57,9 @@ def build_training_network(model: nn.Module, chain: Chain, solution: Solution) -
     validate_solution(chain, solution)
     modules = dict(model.named_modules())
     spec, sources = _training_spec(chain, solution, modules)
-    network = StepNetwork(spec)
+    network = StepNetwork(spec, initialize=False)
     for name, source in sources.items():
-        network.layers[name].load_state_dict(source.state_dict())
+        network.layers[name].load_state_dict(source.state_dict(), strict=True)
     network.train(model.training)
     return network
 

@@ -1,0 +1,110 @@
+"""Shared test helpers: randomized BN statistics, random valid solutions, a CIFAR ResNet-20."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import nn
+
+from core.chain import Chain
+from core.segments import find_segments
+from core.solution import Solution, SolutionSegment
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BN non-trivial running statistics and affine parameters (eval-mode tests)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.6 - 0.3)
+    return model.eval()
+
+
+def random_solution(
+    chain: Chain,
+    rng: random.Random,
+    *,
+    max_length: int | None = None,
+    removals: bool = True,
+    method: str = "layermerge",
+) -> Solution:
+    """A uniformly-ish random valid solution; shorter segments when ``max_length`` is given."""
+    by_start: dict[int, list] = {}
+    for segment in find_segments(chain, include_removals=removals):
+        by_start.setdefault(segment.start, []).append(segment)
+    position, chosen = 0, []
+    while position < chain.last_position:
+        candidates = by_start[position]
+        if max_length is not None:
+            short = [s for s in candidates if s.end - s.start <= max_length]
+            candidates = short or [min(candidates, key=lambda s: s.end)]
+        segment = rng.choice(candidates)
+        option = rng.choice(segment.options)
+        chosen.append(
+            SolutionSegment(
+                segment.start,
+                segment.end,
+                option.kernel,
+                option.depthwise,
+                option.stride,
+                option.kept_convs,
+            )
+        )
+        position = segment.end
+    boundaries = tuple(sorted({0, *(s.end for s in chosen)}))
+    return Solution(method, 0.0, 0.0, 0.0, tuple(chosen), boundaries)
+
+
+def relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    return float((reference - other).abs().max() / reference.abs().max().clamp_min(1e-12))
+
+
+class _CifarBlock(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(channels_out)
+        self.c2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(channels_out)
+        self.short = None
+        if stride != 1 or channels_in != channels_out:
+            self.short = nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
+                nn.BatchNorm2d(channels_out),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.b1(self.c1(x)))
+        out = self.b2(self.c2(out))
+        skip = x if self.short is None else self.short(x)
+        return torch.relu(out + skip)
+
+
+class ResNet20(nn.Module):
+    """A CIFAR-style ResNet-20 named nowhere in core/: proves tracing is general."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(16)
+        blocks, channels = [], 16
+        for out, stride in ((16, 1), (32, 2), (64, 2)):
+            for k in range(3):
+                blocks.append(_CifarBlock(channels, out, stride if k == 0 else 1))
+                channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        x = self.blocks(x)
+        return self.head(x.mean((2, 3)))
+
+
+def resnet20() -> nn.Module:
+    return ResNet20()
