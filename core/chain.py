@@ -475,7 +475,7 @@ class _ChainBuilder:
         kernel_h, kernel_w = conv.kernel_size
         if kernel_h != kernel_w or conv.stride[0] != conv.stride[1]:
             raise UnsupportedLayerError(
-                f"conv {name} has kernel {conv.kernel_size} and stride {conv.stride}; only square "
+                f"conv '{name}' has kernel {conv.kernel_size} and stride {conv.stride}; only square "
                 "kernels and strides are supported"
             )
         if kernel_h % 2 == 0:
@@ -483,10 +483,10 @@ class _ChainBuilder:
                 f"conv {name} has an even kernel {kernel_h}; merging needs odd"
             )
         if conv.dilation != (1, 1):
-            raise UnsupportedLayerError(f"conv {name} is dilated {conv.dilation}; not supported")
+            raise UnsupportedLayerError(f"conv '{name}' is dilated {conv.dilation}; not supported")
         if conv.padding_mode != "zeros" or conv.padding != (kernel_h // 2, kernel_h // 2):
             raise UnsupportedLayerError(
-                f"conv {name} has padding {conv.padding} ({conv.padding_mode}); merging needs "
+                f"conv '{name}' has padding {conv.padding} ({conv.padding_mode}); merging needs "
                 f"'same' zero padding {kernel_h // 2}"
             )
         in_meta = node.all_input_nodes[0].meta.get("tensor_meta")
