@@ -1,0 +1,288 @@
+"""End-to-end speed: the original and the compressed network measured side by side, in one run.
+
+A speed-up is a ratio of two measurements, so both are taken in the same process, on the same
+input, alternating in rounds (A B, B A, A B, ...: the order flips every round so slow drift, such
+as another job starting on a shared machine, hits both alike), and the medians of the rounds are
+compared (DESIGN.md, "Honest numbers"). Backends: torch eager and ONNX Runtime.
+
+The fair baseline is the original network with its BNs folded into the convs, as the paper
+measures (LAYERMERGE.md §6.4: "the baseline has BN folded too"): :func:`folded_original`.
+
+Example:
+    >>> rows = compare(folded_original(model, chain), merged, input_shape=(3, 224, 224))
+    >>> rows[0].speedup  # doctest: +SKIP
+    1.71
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.chain import Chain
+from core.errors import LayerMergeError
+from core.export import export_onnx
+from core.merge import merge_model
+from core.network import StepNetwork
+from core.segments import keep_everything_solution
+
+__all__ = [
+    "BACKENDS",
+    "Comparison",
+    "measure_side_by_side",
+    "compare",
+    "folded_original",
+    "predicted_speedup",
+]
+
+BACKENDS = ("torch", "onnxruntime")
+DEFAULT_ROUNDS = 15
+DEFAULT_WARMUP = 3  # calls of each network before timing (allocator, ORT graph init)
+DEFAULT_ROUND_S = 0.05  # each round runs a network for at least this long
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One backend's side-by-side measurement: medians per forward pass and their ratio."""
+
+    backend: str
+    batch: int
+    input_shape: tuple[int, int, int]
+    original_ms: float  # median over rounds of the mean time per forward
+    compressed_ms: float
+    original_iqr_ms: float  # interquartile range over rounds: the spread
+    compressed_iqr_ms: float
+    speedup: float  # original_ms / compressed_ms
+    rounds: int
+    iterations: int  # forwards per network per round
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        return data
+
+
+def measure_side_by_side(
+    original: nn.Module,
+    compressed: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    batch: int = 1,
+    backend: str = "torch",
+    rounds: int = DEFAULT_ROUNDS,
+    warmup: int = DEFAULT_WARMUP,
+    round_s: float = DEFAULT_ROUND_S,
+    threads: int | None = None,
+) -> Comparison:
+    """Time ``original`` and ``compressed`` alternately on one backend and compare medians.
+
+    Args:
+        original: the baseline network (usually :func:`folded_original`).
+        compressed: the merged network.
+        input_shape: ``(C, H, W)`` of one image.
+        batch: images per forward pass.
+        backend: ``"torch"`` (eager, inference mode) or ``"onnxruntime"`` (CPU provider; both
+            networks are exported to ONNX first, in a temporary folder).
+        rounds: timed rounds per network; the median is reported.
+        warmup: untimed calls of each network first.
+        round_s: a round runs a network repeatedly for at least this long, so timer resolution
+            and per-call noise average out.
+        threads: intra-op threads for both backends; the current torch setting when None. The
+            torch setting is restored afterwards.
+
+    Returns:
+        The medians, spreads and the speed-up ``original_ms / compressed_ms``.
+
+    Raises:
+        LayerMergeError: an unknown backend or a bad shape, batch or round count.
+    """
+    shape = _check_arguments(input_shape, batch, backend, rounds, threads)
+    thread_count = threads or torch.get_num_threads()
+    example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    with _torch_threads(thread_count), contextlib.ExitStack() as stack:
+        if backend == "torch":
+            run_original = _torch_runner(original, example)
+            run_compressed = _torch_runner(compressed, example)
+        else:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lm-bench-")))
+            run_original = _onnx_runner(original, example, folder / "original.onnx", thread_count)
+            run_compressed = _onnx_runner(
+                compressed, example, folder / "compressed.onnx", thread_count
+            )
+        for _ in range(warmup):
+            run_original()
+            run_compressed()
+        # iterations per round from the slower (original) network, the same count for both
+        single = min(_time_calls(run_original, 1) for _ in range(3))
+        iterations = max(1, math.ceil(round_s / max(single, 1e-6)))
+        times_original: list[float] = []
+        times_compressed: list[float] = []
+        for index in range(rounds):
+            pair = [(run_original, times_original), (run_compressed, times_compressed)]
+            for runner, times in pair if index % 2 == 0 else reversed(pair):
+                times.append(_time_calls(runner, iterations) * 1000.0)
+    original_ms = statistics.median(times_original)
+    compressed_ms = statistics.median(times_compressed)
+    return Comparison(
+        backend=backend,
+        batch=batch,
+        input_shape=shape,
+        original_ms=original_ms,
+        compressed_ms=compressed_ms,
+        original_iqr_ms=_iqr(times_original),
+        compressed_iqr_ms=_iqr(times_compressed),
+        speedup=original_ms / compressed_ms,
+        rounds=rounds,
+        iterations=iterations,
+        threads=thread_count,
+    )
+
+
+def compare(
+    original: nn.Module,
+    compressed: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    batch: int = 1,
+    backends: Sequence[str] = BACKENDS,
+    rounds: int = DEFAULT_ROUNDS,
+    warmup: int = DEFAULT_WARMUP,
+    round_s: float = DEFAULT_ROUND_S,
+    threads: int | None = None,
+) -> list[Comparison]:
+    """:func:`measure_side_by_side` on each backend in turn; arguments as there."""
+    return [
+        measure_side_by_side(
+            original,
+            compressed,
+            input_shape=input_shape,
+            batch=batch,
+            backend=backend,
+            rounds=rounds,
+            warmup=warmup,
+            round_s=round_s,
+            threads=threads,
+        )
+        for backend in backends
+    ]
+
+
+def folded_original(model: nn.Module, chain: Chain) -> StepNetwork:
+    """The original network with every BN folded into its conv: the fair speed baseline.
+
+    It is the keep-everything solution merged, so it differs from the compressed network only
+    in what LayerMerge removed. A new module; ``model`` is left untouched.
+    """
+    return merge_model(model, chain, keep_everything_solution(chain))
+
+
+def predicted_speedup(
+    solution_latency_ms: float,
+    original_table_latency_ms: float,
+    *,
+    network_latency_ms: float | None = None,
+) -> float:
+    """The speed-up the latency table predicts for a solution.
+
+    The table covers the convs and activations only; when the whole original network was also
+    measured (``network_latency_ms``, in meta.json), the rest (stem pooling, classifier, ...)
+    is assumed unchanged: predicted = network / (network - table original + table solution).
+    Without it, the plain ratio of table sums.
+    """
+    if solution_latency_ms <= 0 or original_table_latency_ms <= 0:
+        return float("nan")
+    if network_latency_ms is None or network_latency_ms <= 0:
+        return original_table_latency_ms / solution_latency_ms
+    rest = max(network_latency_ms - original_table_latency_ms, 0.0)
+    return (rest + original_table_latency_ms) / (rest + solution_latency_ms)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_arguments(
+    input_shape: Sequence[int], batch: int, backend: str, rounds: int, threads: int | None
+) -> tuple[int, int, int]:
+    if backend not in BACKENDS:
+        raise LayerMergeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise LayerMergeError(f"input_shape must be (C, H, W), got {tuple(input_shape)!r}")
+    for name, value in (("batch", batch), ("rounds", rounds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LayerMergeError(f"{name} must be a positive integer, got {value!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise LayerMergeError(f"threads must be a positive integer, got {threads!r}")
+    if threads is not None and threads < 1:
+        raise LayerMergeError(f"threads must be a positive integer, got {threads!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _torch_runner(network: nn.Module, example: torch.Tensor) -> Callable[[], Any]:
+    import copy
+
+    module = copy.deepcopy(network).cpu().eval()  # the caller's module keeps its mode
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return module(example)
+
+    return run
+
+
+def _onnx_runner(
+    network: nn.Module, example: torch.Tensor, path: Path, threads: int
+) -> Callable[[], Any]:
+    import onnxruntime as ort
+
+    export_onnx(network, path, tuple(example.shape), dynamic_batch=False, verify=True)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(example.numpy())}
+
+    def run() -> Any:
+        return session.run(None, feed)
+
+    return run
+
+
+def _time_calls(run: Callable[[], Any], iterations: int) -> float:
+    """Mean seconds per call over ``iterations`` back-to-back calls."""
+    started = time.perf_counter()
+    for _ in range(iterations):
+        run()
+    return (time.perf_counter() - started) / iterations
+
+
+def _iqr(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    low, _, high = statistics.quantiles(values, n=4)
+    return high - low
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
