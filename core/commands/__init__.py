@@ -8,8 +8,24 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from core.commands import chain_cmd, solve_cmd
+from core.commands import (
+    bench_cmd,
+    chain_cmd,
+    compress_cmd,
+    finetune_cmd,
+    importance_cmd,
+    profile_cmd,
+    solve_cmd,
+)
 
 __all__ = ["COMMANDS"]
 
-COMMANDS: list[ModuleType] = [chain_cmd, solve_cmd]
+COMMANDS: list[ModuleType] = [
+    chain_cmd,
+    profile_cmd,
+    importance_cmd,
+    solve_cmd,
+    finetune_cmd,
+    compress_cmd,
+    bench_cmd,
+]

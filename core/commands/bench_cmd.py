@@ -1,0 +1,145 @@
+"""``python -m core bench MODEL --solution FILE``: original vs compressed, measured side by side.
+
+Both networks run in this one process, alternating round by round, on torch eager and ONNX
+Runtime; the medians and their ratio are reported, beside the latency table's prediction when
+``--tables`` is given. The baseline is the original with BNs folded (as the paper measures).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from core import export
+from core.benchmark import (
+    BACKENDS,
+    DEFAULT_ROUNDS,
+    compare,
+    folded_original,
+    predicted_speedup,
+)
+from core.commands.common import add_model_arguments
+from core.commands.compress_cmd import prepare
+from core.errors import LayerMergeError
+from core.merge import merge_model
+from core.tables import read_meta
+
+__all__ = ["add_parser", "run", "format_text"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure the original and the compressed network side by side",
+        description="Time the original network (BN folded) and the network merged for SOLUTION "
+        "alternately in one run, on torch eager and/or ONNX Runtime, and report the medians and "
+        "the speed-up.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--solution", required=True, metavar="FILE", help="solution JSON")
+    parser.add_argument(
+        "--compressed",
+        default=None,
+        metavar="FILE",
+        help="time this compressed checkpoint instead of merging SOLUTION afresh",
+    )
+    parser.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--backend", default="both", choices=(*BACKENDS, "both"), help="default: both"
+    )
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="timed rounds each")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    parser.add_argument(
+        "--baseline",
+        default="folded",
+        choices=("folded", "module"),
+        help="folded: the original with BN folded (default, as the paper); module: as built",
+    )
+    parser.add_argument(
+        "--tables", default=None, metavar="DIR", help="also show the table's predicted speed-up"
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    for name in ("batch", "rounds", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise LayerMergeError(f"--{name} must be a positive integer, got {value}")
+    bundle, chain, solution = prepare(args)
+    if args.compressed:
+        compressed = export.load(args.compressed)
+        if tuple(compressed.input_shape) != tuple(chain.input_shape):
+            raise LayerMergeError(
+                f"{args.compressed} takes {tuple(compressed.input_shape)} inputs, the model "
+                f"{tuple(chain.input_shape)}; pass the same --input-size"
+            )
+    else:
+        compressed = merge_model(bundle.model, chain, solution)
+    original = folded_original(bundle.model, chain) if args.baseline == "folded" else bundle.model
+    backends = BACKENDS if args.backend == "both" else (args.backend,)
+    rows = compare(
+        original,
+        compressed,
+        input_shape=chain.input_shape,
+        batch=args.batch,
+        backends=backends,
+        rounds=args.rounds,
+        threads=args.threads,
+    )
+    predicted = None
+    if args.tables:
+        meta = read_meta(args.tables)
+        original_table = float(meta.get("original_table_latency_ms", 0.0))
+        network = meta.get("network_latency_ms")
+        predicted = {
+            "table_latency_ms": solution.latency_ms,
+            "original_table_latency_ms": original_table,
+            "network_latency_ms": network,
+            "speedup": predicted_speedup(
+                solution.latency_ms,
+                original_table,
+                network_latency_ms=float(network) if network else None,
+            ),
+            "table_batch": meta.get("batch"),
+            "table_backend": meta.get("backend"),
+            "table_threads": meta.get("threads"),
+        }
+    return {
+        "model": bundle.name,
+        "weights": bundle.weights_note,
+        "solution": str(args.solution),
+        "method": solution.method,
+        "compressed": args.compressed,
+        "baseline": "original, BN folded" if args.baseline == "folded" else "original module",
+        "input_shape": list(chain.input_shape),
+        "original_depth": original.depth() if hasattr(original, "depth") else len(chain.convs),
+        "compressed_depth": compressed.depth(),
+        "results": [row.to_dict() for row in rows],
+        "predicted": predicted,
+    }
+
+
+def format_text(result: dict[str, Any]) -> str:
+    shape = "x".join(str(v) for v in result["input_shape"])
+    lines = [
+        f"{result['model']} ({result['method']}, {result['solution']}) at {shape}: depth "
+        f"{result['original_depth']} -> {result['compressed_depth']}; baseline: "
+        f"{result['baseline']}",
+        f"  {'backend':<12} {'batch':>5} {'original ms':>12} {'compressed ms':>14} "
+        f"{'speed-up':>9} {'rounds':>7} {'threads':>7}",
+    ]
+    for row in result["results"]:
+        lines.append(
+            f"  {row['backend']:<12} {row['batch']:>5} {row['original_ms']:>12.3f} "
+            f"{row['compressed_ms']:>14.3f} {row['speedup']:>8.2f}x {row['rounds']:>7} "
+            f"{row['threads']:>7}"
+        )
+    predicted = result["predicted"]
+    if predicted:
+        lines.append(
+            f"  predicted by the table: {predicted['speedup']:.2f}x (table {predicted['table_latency_ms']:.3f}"
+            f" of {predicted['original_table_latency_ms']:.3f} ms)"
+        )
+    lines.append("  medians over alternating rounds; ratios come from the same run")
+    return "\n".join(lines)
