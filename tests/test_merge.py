@@ -25,8 +25,8 @@ SOLUTIONS_PER_ARCH = 25
 # (id, builder, input size, longest segment sampled: keeps huge dense merges out of the suite)
 ARCHITECTURES = [
     ("resnet18", lambda: torchvision.models.resnet18(), 64, 6),
-    ("resnet34", lambda: torchvision.models.resnet34(), 64, 6),
-    ("resnet50", lambda: torchvision.models.resnet50(), 64, 4),
+    ("resnet34", lambda: torchvision.models.resnet34(), 64, 3),
+    ("resnet50", lambda: torchvision.models.resnet50(), 64, 3),
     ("mobilenet_v2", lambda: torchvision.models.mobilenet_v2(), 64, None),
     ("mobilenet_v2_1.4", lambda: torchvision.models.mobilenet_v2(width_mult=1.4), 64, None),
     ("resnet20_unlisted", resnet20, 32, None),
@@ -120,7 +120,7 @@ def test_keep_everything_merged_reproduces_torchvision(builder) -> None:
     merged = merge_model(model, chain, keep_everything_solution(chain))
     with torch.no_grad():
         expected = model(x)
-        assert relative_error(expected, original_network(model, chain).eval()(x)) == 0.0
+        assert relative_error(expected, original_network(model, chain).eval()(x)) <= 1e-6
         assert relative_error(expected, merged(x)) <= TOLERANCE
     assert merged.depth() == len(chain.convs)
 
