@@ -1,0 +1,30 @@
+"""LayerMerge Studio: the Streamlit entry point (``streamlit run app.py``).
+
+The entry only navigates. ``main()`` registers the pages with ``st.navigation``, draws the frame every
+page shares (the sidebar with the model, tables and solution in use), and runs the chosen page; a
+:class:`~core.errors.LayerMergeError` raised by a page becomes one ``st.error`` line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.errors import LayerMergeError
+from pages import _shared as shared
+
+
+def main() -> None:
+    st.set_page_config(page_title="LayerMerge Studio", page_icon=":material/layers:", layout="wide")
+    page = st.navigation(shared.page_list())
+    shared.init_session()
+    solution_slot = shared.sidebar_frame()
+    try:
+        page.run()
+    except LayerMergeError as exc:
+        st.error(str(exc))
+    finally:
+        shared.sidebar_solution(solution_slot)
+
+
+if __name__ == "__main__":
+    main()

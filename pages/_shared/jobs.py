@@ -1,0 +1,124 @@
+"""Background jobs: long work (tables, finetuning) runs in a thread, never in the script thread.
+
+A script run is interrupted whenever the user moves a widget or changes page, so long work runs in
+a :class:`Job` thread whose handle sits in a process-wide registry (``st.cache_resource``). The
+session keeps only the job's id (in ``st.session_state`` and the URL), so a page change or a reload
+finds the job again, running or finished; other sessions never learn the id. Pages poll a job from
+an ``st.fragment(run_every=...)`` and draw from its plain fields; the worker never calls Streamlit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+from core.errors import LayerMergeError
+
+__all__ = ["Job", "JobCancelled", "JobRegistry", "registry"]
+
+RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
+
+
+class JobCancelled(Exception):
+    """Raised inside a worker (from a progress callback) to stop it when the user cancels."""
+
+
+@dataclass
+class Job:
+    """One background job. The worker writes these fields; pages only read them."""
+
+    id: str
+    kind: str  # "tables" or "finetune"
+    title: str
+    config: dict[str, Any] = field(default_factory=dict)  # what the job was started with
+    status: str = RUNNING
+    done: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    stage: str = ""  # what it is doing now, in words
+    history: list[dict[str, Any]] = field(default_factory=list)  # e.g. loss per step
+    result: Any = None
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == RUNNING
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def report(self, done: int, total: int, eta_s: float | None = None, stage: str = "") -> None:
+        self.done, self.total, self.eta_s = done, total, eta_s
+        if stage:
+            self.stage = stage
+
+
+class JobRegistry:
+    """Jobs by id, for the whole server process (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def start(
+        self,
+        kind: str,
+        title: str,
+        work: Callable[[Job], Any],
+        *,
+        config: dict[str, Any] | None = None,
+    ) -> Job:
+        """Run ``work(job)`` in a daemon thread; its return value becomes ``job.result``.
+
+        A :class:`LayerMergeError` becomes the job's one-line ``error``; any other exception is a
+        bug, and its traceback is kept in ``error`` so it can be reported.
+        """
+        job = Job(id=uuid.uuid4().hex[:12], kind=kind, title=title, config=dict(config or {}))
+
+        def run() -> None:
+            try:
+                job.result = work(job)
+                job.status = CANCELLED if job.cancel.is_set() else DONE
+            except JobCancelled:
+                job.status = CANCELLED
+            except LayerMergeError as exc:
+                job.error, job.status = str(exc), FAILED
+            except Exception as exc:  # a bug: keep the traceback for the report
+                job.error = f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+                job.status = FAILED
+            finally:
+                job.finished = time.time()
+
+        job.thread = threading.Thread(target=run, name=f"layermerge-{kind}-{job.id}", daemon=True)
+        with self._lock:
+            self._jobs[job.id] = job
+        job.thread.start()
+        return job
+
+    def get(self, job_id: str | None) -> Job | None:
+        if not job_id:
+            return None
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def running(self, kind: str | None = None) -> list[Job]:
+        with self._lock:
+            return [j for j in self._jobs.values() if j.active and kind in (None, j.kind)]
+
+
+@st.cache_resource
+def registry() -> JobRegistry:
+    """The one registry of this server process."""
+    return JobRegistry()

@@ -1,0 +1,68 @@
+"""Budget: a latency budget in, the DP's answer out, beside the three methods' frontiers."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.dp import list_methods
+from core.errors import InfeasibleBudgetError
+from pages import _shared as shared
+from pages._shared import figures, views
+
+shared.frame_guard()
+
+st.title("Latency budget")
+used = shared.require(
+    shared.tables_in_use(),
+    "No latency and importance tables for this model yet: compute them on the Tables page, or "
+    "choose a model with shipped tables (digits_resnet, digits_mobilenet) on the Model page.",
+)
+fronts = shared.frontiers(used)
+original_ms = used.original_ms
+
+left, right = st.columns([3, 1])
+percent = left.slider(
+    "Latency budget, % of the original network's table latency",
+    min_value=5,
+    max_value=100,
+    value=shared.DEFAULT_BUDGET_PERCENT,
+    step=1,
+    format="%d%%",
+    key="budget",
+    on_change=views.forget_pick,
+    persist_state="session",
+)
+method = right.radio(
+    "Method", list_methods(), key="method", on_change=views.forget_pick, persist_state="session"
+)
+budget_ms = original_ms * percent / 100
+left.caption(f"Budget {budget_ms:.4g} ms of the original {original_ms:.4g} ms (table sums).")
+
+try:
+    current = views.chosen_solution(fronts, method, budget_ms)
+except InfeasibleBudgetError as exc:
+    shared.set_solution(None)
+    fastest = min(points[0].latency_ms for points in fronts.values() if points)
+    st.error(
+        f"Impossible budget: {exc}. Raise the budget to at least "
+        f"{fronts[method][0].latency_ms / original_ms:.0%} for {method} "
+        f"(fastest of any method: {fastest:.4g} ms)."
+    )
+    current = None
+else:
+    shared.set_solution(current)
+    views.solution_summary(current, shared.chain(), used)
+
+st.subheader("Frontiers")
+st.caption(
+    "Every Pareto-optimal solution of each method on these tables (exact DP). Click a point to "
+    "select it; the star is the solution shown above."
+)
+st.plotly_chart(
+    figures.frontier_figure(fronts, original_ms=original_ms, budget_ms=budget_ms, current=current),
+    key="frontier_chart",
+    on_select=views.take_pick,
+    selection_mode="points",
+)
+if current is not None:
+    views.measure_panel(current, used)
