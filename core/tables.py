@@ -34,6 +34,12 @@ __all__ = [
     "atomic_write_text",
     "read_manifest",
     "MANIFEST_PATH",
+    "MANIFEST_FIELDS",
+    "file_digest",
+    "read_importance_csv",
+    "check_tables",
+    "manifest_entry",
+    "write_manifest",
 ]
 
 EntryKey = tuple[int, int, int, bool, int]  # (start, end, kernel, depthwise, stride)
@@ -42,6 +48,8 @@ KEY_COLUMNS = ("start", "end", "kernel", "depthwise", "stride", "kept_convs")
 LATENCY_COLUMNS = (*KEY_COLUMNS, "latency_ms", "latency_spread_ms")
 IMPORTANCE_COLUMNS = (*KEY_COLUMNS, "importance", "delta_acc", "delta_loss")
 MANIFEST_PATH = Path(__file__).resolve().parent.parent / "cached_tables" / "manifest.json"
+# What the manifest says about each shipped table directory (DESIGN.md, "Contracts").
+MANIFEST_FIELDS = ("model", "width", "input_size", "batch", "backend", "device")
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,9 @@ def _float(row: dict[str, str], name: str, path: Path, line: int) -> float:
     try:
         return float(row[name])
     except (TypeError, ValueError) as exc:
-        raise TableMismatchError(f"{path} line {line}: {name}={row.get(name)!r} is not a number") from exc
+        raise TableMismatchError(
+            f"{path} line {line}: {name}={row.get(name)!r} is not a number"
+        ) from exc
 
 
 def read_tables(directory: str | Path, *, require_importance: bool = True) -> Tables:
@@ -306,3 +316,113 @@ def read_manifest(path: str | Path = MANIFEST_PATH) -> list[dict[str, Any]]:
         raise TableMismatchError(f"{path} is corrupt: {exc}") from exc
     tables = data.get("tables", []) if isinstance(data, dict) else data
     return list(tables)
+
+
+def file_digest(path: str | Path) -> str:
+    """Content digest of one file (meta.json records its tables' digests: edits are noticed)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_tables(
+    tables: Tables, *, chain_digest: str, keys: Iterable[EntryKey] | None = None
+) -> Tables:
+    """Refuse tables made for another network, or missing entries of this one.
+
+    Args:
+        tables: as read by :func:`read_tables`.
+        chain_digest: ``Chain.digest()`` of the network the tables will be used with.
+        keys: every entry key the tables must hold (removals included where importance is
+            required); None checks the digest only.
+
+    Returns:
+        ``tables``, unchanged, so the call can wrap :func:`read_tables`.
+
+    Raises:
+        TableMismatchError: the chain digest differs, or keys are missing or foreign.
+    """
+    recorded = tables.meta.get("chain_digest")
+    if recorded != chain_digest:
+        raise TableMismatchError(
+            f"these tables were made for another network (chain digest {recorded!r}, expected "
+            f"{chain_digest!r}); rebuild them for this model, width and input size"
+        )
+    if keys is not None:
+        expected = set(keys)
+        present = {e.key for e in tables.entries}
+        missing = sorted(expected - present)
+        foreign = sorted(present - expected)
+        if missing:
+            raise TableMismatchError(
+                f"the tables lack {len(missing)} entries of this network, e.g. {missing[0]}"
+            )
+        if foreign:
+            raise TableMismatchError(
+                f"the tables hold {len(foreign)} entries this network does not have, e.g. "
+                f"{foreign[0]}"
+            )
+    return tables
+
+
+def manifest_entry(directory: str | Path, *, root: str | Path | None = None) -> dict[str, Any]:
+    """The manifest line of one table directory, read from its meta.json.
+
+    Args:
+        directory: the table directory.
+        root: the manifest's folder; ``dir`` is written relative to it.
+
+    Raises:
+        TableMismatchError: meta.json is missing or lacks a manifest field.
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    missing = [name for name in MANIFEST_FIELDS if name not in meta]
+    if missing:
+        raise TableMismatchError(f"{directory}/meta.json lacks {', '.join(missing)}")
+    where = directory.relative_to(root) if root is not None else directory
+    entry: dict[str, Any] = {"dir": where.as_posix()}
+    entry.update({name: meta[name] for name in MANIFEST_FIELDS})
+    entry["has_importance"] = (directory / "importance.csv").is_file()
+    entry["tables_digest"] = tables_digest(directory)
+    return entry
+
+
+def write_manifest(path: str | Path = MANIFEST_PATH) -> list[dict[str, Any]]:
+    """(Re)write ``manifest.json`` listing every table directory beside it.
+
+    A table directory is a subfolder holding ``meta.json`` and ``latency.csv``; folders without
+    them (``demo_weights/``) are skipped.
+
+    Returns:
+        The manifest's entries, sorted by directory.
+    """
+    path = Path(path)
+    root = path.parent
+    entries = [
+        manifest_entry(folder, root=root)
+        for folder in sorted(p for p in root.iterdir() if p.is_dir())
+        if (folder / "meta.json").is_file() and (folder / "latency.csv").is_file()
+    ]
+    atomic_write_text(path, json.dumps({"tables": entries}, indent=2) + "\n")
+    return entries
+
+
+def read_importance_csv(path: str | Path) -> tuple[TableEntry, ...]:
+    """Read ``importance.csv`` on its own (before any latency table exists).
+
+    Raises:
+        TableMismatchError: the file is missing or corrupt, or repeats a key.
+    """
+    path = Path(path)
+    entries: dict[EntryKey, TableEntry] = {}
+    for line, row in enumerate(_read_csv(path, IMPORTANCE_COLUMNS), start=2):
+        key, kept = _key_from_row(row, path, line)
+        if key in entries:
+            raise TableMismatchError(f"{path} line {line}: duplicate key {key}")
+        entries[key] = TableEntry(
+            *key,
+            kept_convs=kept,
+            importance=_float(row, "importance", path, line),
+            delta_acc=_float(row, "delta_acc", path, line),
+            delta_loss=_float(row, "delta_loss", path, line),
+        )
+    return tuple(entries.values())
