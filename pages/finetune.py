@@ -67,8 +67,16 @@ st.markdown(
     "keeps every kept conv separate with its BN; after training it merges exactly."
 )
 with st.form("finetune_form"):
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].number_input("Epochs", 1, 100, 1, key="ft_epochs")
+    cols[4].number_input(
+        "Steps (empty: the epochs)",
+        1,
+        1_000_000,
+        None,
+        key="ft_steps",
+        help="optimizer steps in all; overrides the epochs (a quick try: 20)",
+    )
     cols[1].number_input("Learning rate", 1e-5, 1.0, 0.02, format="%.4f", key="ft_lr")
     cols[2].number_input("Batch", 8, 1024, 64, step=8, key="ft_batch")
     cols[3].number_input(
@@ -85,6 +93,7 @@ if start:
     state = st.session_state
     config = FinetuneConfig(
         epochs=int(state.ft_epochs),
+        steps=int(state.ft_steps) if state.ft_steps else None,
         lr=float(state.ft_lr),
         batch_size=int(state.ft_batch),
         distill_alpha=float(state.ft_distill),

@@ -17,6 +17,7 @@ import copy
 import functools
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,7 +64,8 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-APP_RUNS = ROOT / "runs" / "app"  # computed tables and finetune checkpoints (git-ignored)
+# Computed tables and finetune checkpoints (git-ignored); LAYERMERGE_APP_RUNS moves them (tests).
+APP_RUNS = Path(os.environ.get("LAYERMERGE_APP_RUNS", ROOT / "runs" / "app"))
 DEFAULT_MODEL = "digits_resnet"
 DEFAULT_BUDGET_PERCENT = 60  # the Budget slider's starting point
 TABLE_FILES = ("latency.csv", "importance.csv", "meta.json")

@@ -1,0 +1,47 @@
+"""Helpers of the AppTest tests: open a page in a fresh session, read its text, wait on jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+TIMEOUT = 120  # the first run imports torch and builds the model
+
+
+def open_page(page: str | None = None, **query: str) -> AppTest:
+    """A fresh session of the app, run once, then switched to ``pages/<page>.py`` and run."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for name, value in query.items():
+        at.query_params[name] = value
+    at.run()
+    if page is not None:
+        at.switch_page(f"pages/{page}.py").run()
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page says in text, to compare before and after an interaction."""
+    parts: list[str] = []
+    for kind in ("markdown", "metric", "caption", "info", "success", "warning", "error"):
+        for element in getattr(at, kind):
+            parts.append(f"{kind}: {element.value}")
+    return "\n".join(parts)
+
+
+def wait_until(
+    at: AppTest, condition: Callable[[AppTest], bool], *, timeout: float = 90.0
+) -> AppTest:
+    """Rerun ``at`` (what the polling fragment does once a second) until ``condition`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        if condition(at):
+            return at
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; the page says:\n{texts(at)}")
+        time.sleep(0.5)
