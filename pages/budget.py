@@ -56,7 +56,9 @@ else:
 st.subheader("Frontiers")
 st.caption(
     "Every Pareto-optimal solution of each method on these tables (exact DP). Click a point to "
-    "select it; the star is the solution shown above."
+    "select it; the star is the solution shown above. Importance is a sum over a solution's "
+    "segments, so it compares solutions of one method; the methods count different numbers "
+    "of segments (layer always keeps one per conv), and only finetuned accuracy compares them."
 )
 st.plotly_chart(
     figures.frontier_figure(fronts, original_ms=original_ms, budget_ms=budget_ms, current=current),

@@ -34,32 +34,37 @@ def chain_figure(chain: Chain, solution: Solution | None = None, *, height: int 
 
     Without a solution, reducible (prunable) convs are orange and every activation is drawn as in
     the original network. With one, pruned convs are grey, removed activations are hollow, and
-    each merged segment is a shaded band labelled with its merged kernel size.
+    each merged segment is a shaded band labelled with its merged kernel size. Shapes and traces
+    are collected first and handed to plotly once (one ``add_shape`` per box costs milliseconds).
     """
-    figure = go.Figure()
     kept = set(solution.kept_convs) if solution is not None else None
     acts = set(solution.kept_activations) if solution is not None else None
+    shapes: list[dict] = []
+    annotations: list[dict] = []
     if solution is not None:  # shaded bands: one per merged segment
         for seg in solution.segments:
-            figure.add_shape(
-                type="rect",
-                x0=seg.start + 0.5,
-                x1=seg.end + 0.5,
-                y0=-0.55,
-                y1=1.55,
-                fillcolor="rgba(228,87,46,0.08)",
-                line={"color": "rgba(228,87,46,0.5)", "dash": "dot"},
-                layer="below",
+            shapes.append(
+                {
+                    "type": "rect",
+                    "x0": seg.start + 0.5,
+                    "x1": seg.end + 0.5,
+                    "y0": -0.55,
+                    "y1": 1.55,
+                    "fillcolor": "rgba(228,87,46,0.08)",
+                    "layer": "below",
+                    "line": {"color": "rgba(228,87,46,0.5)", "dash": "dot"},
+                }
             )
-            label = "removed" if seg.kernel == 0 else f"→ {seg.kernel}×{seg.kernel}"
-            figure.add_annotation(
-                x=(seg.start + seg.end) / 2 + 0.5,
-                y=-0.85,
-                text=label,
-                showarrow=False,
-                font={"size": 11, "color": METHOD_COLORS["layermerge"]},
+            annotations.append(
+                {
+                    "x": (seg.start + seg.end) / 2 + 0.5,
+                    "y": -0.85,
+                    "showarrow": False,
+                    "text": "removed" if seg.kernel == 0 else f"→ {seg.kernel}×{seg.kernel}",
+                    "font": {"size": 11, "color": METHOD_COLORS["layermerge"]},
+                }
             )
-    xs, ys, hover, colors, texts = [], [], [], [], []
+    xs, texts, hover, ink = [], [], [], []
     for conv in chain.convs:
         pruned = kept is not None and conv.index not in kept
         if pruned:
@@ -68,15 +73,17 @@ def chain_figure(chain: Chain, solution: Solution | None = None, *, height: int 
             color = PRUNABLE
         else:
             color = KEPT
-        figure.add_shape(
-            type="rect",
-            x0=conv.index - _BOX_HALF,
-            x1=conv.index + _BOX_HALF,
-            y0=0,
-            y1=1,
-            fillcolor=color,
-            line={"color": "#333", "width": 1, "dash": "dot" if pruned else "solid"},
-            layer="below",
+        shapes.append(
+            {
+                "type": "rect",
+                "x0": conv.index - _BOX_HALF,
+                "x1": conv.index + _BOX_HALF,
+                "y0": 0,
+                "y1": 1,
+                "fillcolor": color,
+                "layer": "below",
+                "line": {"color": "#333", "width": 1, "dash": "dot" if pruned else "solid"},
+            }
         )
         label = f"{conv.kernel}×{conv.kernel}"
         if conv.depthwise:
@@ -84,85 +91,98 @@ def chain_figure(chain: Chain, solution: Solution | None = None, *, height: int 
         if conv.stride > 1:
             label += f"<br>/{conv.stride}"
         xs.append(conv.index)
-        ys.append(0.5)
         texts.append(label)
-        colors.append(color)
+        ink.append("white" if color == KEPT else "#222")
+        role = (
+            "prunable (same channels, stride 1)" if conv.reducible and conv.index else "kept always"
+        )
         hover.append(
             f"conv {conv.index}: {conv.name}<br>{conv.kernel}×{conv.kernel}, stride {conv.stride}, "
             f"groups {conv.groups}<br>{conv.in_channels} → {conv.out_channels} channels, input "
-            f"{'×'.join(map(str, conv.input_shape))}<br>"
-            + (
-                "prunable (same channels, stride 1)"
-                if conv.reducible and conv.index
-                else "kept always"
-            )
+            f"{'×'.join(map(str, conv.input_shape))}<br>{role}"
             + (" · pruned in this solution" if pruned else "")
         )
-    figure.add_trace(
-        go.Scatter(
-            x=xs,
-            y=ys,
-            mode="text",
-            text=texts,
-            textfont={"size": 11},
-            hovertext=hover,
-            hoverinfo="text",
-            showlegend=False,
-        )
-    )
-    _activation_markers(figure, chain, acts)
-    _residual_arcs(figure, chain)
-    for position in sorted(chain.breaks):
-        if 0 < position < chain.last_position:
-            figure.add_vline(x=position + 0.5, line={"color": "#888", "dash": "dash", "width": 1})
-    head = " → ".join(op.kind.replace("adaptive_", "").replace("2d", "") for op in chain.head)
     last = chain.last_position
-    figure.add_shape(
-        type="rect",
-        x0=last + 0.7,
-        x1=last + 1.7,
-        y0=0.1,
-        y1=0.9,
-        fillcolor=FIXED,
-        line={"color": "#333", "width": 1},
-        layer="below",
+    for position in sorted(chain.breaks):
+        if 0 < position < last:
+            shapes.append(
+                {
+                    "type": "line",
+                    "x0": position + 0.5,
+                    "x1": position + 0.5,
+                    "y0": 0,
+                    "y1": 1,
+                    "yref": "paper",
+                    "line": {"color": "#888", "dash": "dash", "width": 1},
+                }
+            )
+    shapes.append(
+        {
+            "type": "rect",
+            "x0": last + 0.7,
+            "x1": last + 1.7,
+            "y0": 0.1,
+            "y1": 0.9,
+            "fillcolor": FIXED,
+            "line": {"color": "#333", "width": 1},
+            "layer": "below",
+        }
     )
-    figure.add_annotation(x=last + 1.2, y=0.5, text="head", showarrow=False, hovertext=head)
+    head = " → ".join(op.kind.replace("adaptive_", "").replace("2d", "") for op in chain.head)
+    annotations.append(
+        {"x": last + 1.2, "y": 0.5, "text": "head", "showarrow": False, "hovertext": head}
+    )
+    traces = [
+        {
+            "type": "scatter",
+            "x": xs,
+            "y": [0.5] * len(xs),
+            "mode": "text",
+            "text": texts,
+            "textfont": {"size": 11, "color": ink},
+            "hovertext": hover,
+            "hoverinfo": "text",
+            "showlegend": False,
+        },
+        _activation_markers(chain, acts),
+        *_residual_arcs(chain),
+    ]
     for name, color in (("kept conv", KEPT), ("prunable conv", PRUNABLE), ("pruned conv", REMOVED)):
         if name == "pruned conv" and kept is None or name == "prunable conv" and kept is not None:
             continue
-        figure.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                name=name,
-                marker={"symbol": "square", "size": 12, "color": color},
-            )
+        traces.append(
+            {
+                "type": "scatter",
+                "x": [None],
+                "y": [None],
+                "mode": "markers",
+                "name": name,
+                "marker": {"symbol": "square", "size": 12, "color": color},
+            }
         )
-    figure.update_layout(
-        height=height,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        xaxis={
-            "title": "position (conv index)",
+    layout = {
+        "height": height,
+        "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
+        "xaxis": {
+            "title": {"text": "position (conv index)"},
             "range": [-0.8, last + 1.9],
             "dtick": 1,
             "showgrid": False,
             "zeroline": False,
         },
-        yaxis={"visible": False, "range": [-1.1, 2.9]},
-        legend={"orientation": "h", "y": 1.12, "x": 0},
-        plot_bgcolor="white",
-    )
-    return figure
+        "yaxis": {"visible": False, "range": [-1.1, 2.9]},
+        "legend": {"orientation": "h", "y": 1.12, "x": 0},
+        "plot_bgcolor": "white",
+        "shapes": shapes,
+        "annotations": annotations,
+    }
+    return go.Figure({"data": traces, "layout": layout})
 
 
-def _activation_markers(figure: go.Figure, chain: Chain, acts: set[int] | None) -> None:
-    xs, symbols, colors, hover = [], [], [], []
+def _activation_markers(chain: Chain, acts: set[int] | None) -> dict:
+    symbols, colors, hover = [], [], []
     for position, kind in enumerate(chain.activations):
-        removed = acts is not None and position not in acts
-        xs.append(position + 0.5)
-        if removed:
+        if acts is not None and position not in acts:
             symbols.append("circle-open")
             colors.append(REMOVED)
             hover.append(f"position {position}: {kind or 'linear'} removed (identity)")
@@ -174,44 +194,51 @@ def _activation_markers(figure: go.Figure, chain: Chain, acts: set[int] | None) 
             symbols.append("circle")
             colors.append("#264653")
             hover.append(f"position {position}: {kind} kept")
-    figure.add_trace(
-        go.Scatter(
-            x=xs,
-            y=[0.5] * len(xs),
-            mode="markers",
-            hovertext=hover,
-            hoverinfo="text",
-            marker={
-                "symbol": symbols,
-                "size": 10,
-                "color": colors,
-                "line": {"width": 2, "color": colors},
-            },
-            name="activation (hollow: removed)",
-        )
-    )
+    count = len(chain.activations)
+    return {
+        "type": "scatter",
+        "x": [p + 0.5 for p in range(count)],
+        "y": [0.5] * count,
+        "mode": "markers",
+        "hovertext": hover,
+        "hoverinfo": "text",
+        "marker": {
+            "symbol": symbols,
+            "size": 10,
+            "color": colors,
+            "line": {"width": 2, "color": colors},
+        },
+        "name": "activation (hollow: removed)",
+    }
 
 
-def _residual_arcs(figure: go.Figure, chain: Chain) -> None:
-    for number, span in enumerate(chain.residuals):
+def _residual_arcs(chain: Chain) -> list[dict]:
+    """All residual spans as one line trace of arcs (None between arcs breaks the line)."""
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    hover: list[str | None] = []
+    angles = np.linspace(0, math.pi, 24)
+    for span in chain.residuals:
         left, right = span.start + 0.5, span.end + 0.5
-        t = np.linspace(0, math.pi, 40)
-        xs = (left + right) / 2 - (right - left) / 2 * np.cos(t)
-        ys = 1.1 + 0.9 * np.sin(t) * min(1.0, 0.35 + 0.2 * (span.end - span.start))
+        rise = 0.9 * min(1.0, 0.35 + 0.2 * (span.end - span.start))
         skip = "1×1 shortcut conv" if span.shortcut else "identity skip"
-        figure.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                line={"color": "#6c757d", "width": 1.5},
-                hoverinfo="text",
-                hovertext=f"residual ({span.start}, {span.end}]: {skip}",
-                name="residual span",
-                legendgroup="residual",
-                showlegend=number == 0,
-            )
-        )
+        xs.extend(((left + right) / 2 - (right - left) / 2 * np.cos(angles)).tolist() + [None])
+        ys.extend((1.1 + rise * np.sin(angles)).tolist() + [None])
+        hover.extend([f"residual ({span.start}, {span.end}]: {skip}"] * len(angles) + [None])
+    if not xs:
+        return []
+    return [
+        {
+            "type": "scatter",
+            "x": xs,
+            "y": ys,
+            "mode": "lines",
+            "hovertext": hover,
+            "hoverinfo": "text",
+            "line": {"color": "#6c757d", "width": 1.5},
+            "name": "residual span",
+        }
+    ]
 
 
 def frontier_figure(
@@ -226,57 +253,76 @@ def frontier_figure(
 
     Each point carries ``customdata = [method, index]`` into its method's frontier list.
     """
-    figure = go.Figure()
+    traces: list[dict] = []
     for method, points in fronts.items():
         latency = [p.latency_ms for p in points]
-        figure.add_trace(
-            go.Scatter(
-                x=latency,
-                y=[p.importance for p in points],
-                mode="lines+markers",
-                name=method,
-                line={"shape": "hv", "color": METHOD_COLORS.get(method), "width": 1.5},
-                marker={"size": 6},
-                customdata=[[method, i] for i in range(len(points))],
-                hovertemplate=(
-                    f"<b>{method}</b><br>%{{x:.4g}} ms (%{{text}} of original)<br>importance "
-                    "%{y:.4g}<extra>click to select</extra>"
-                ),
-                text=[f"{v / original_ms:.0%}" if original_ms > 0 else "" for v in latency],
-            )
-        )
-    if budget_ms is not None:
-        figure.add_vline(
-            x=budget_ms,
-            line={"color": "#333", "dash": "dash", "width": 1},
-            annotation_text="budget",
-            annotation_position="top left",
+        traces.append(
+            {
+                "type": "scatter",
+                "x": latency,
+                "y": [p.importance for p in points],
+                "mode": "lines+markers",
+                "name": method,
+                "marker": {"size": 6},
+                "line": {"shape": "hv", "color": METHOD_COLORS.get(method), "width": 1.5},
+                "customdata": [[method, i] for i in range(len(points))],
+                "text": [f"{v / original_ms:.0%}" if original_ms > 0 else "" for v in latency],
+                "hovertemplate": f"<b>{method}</b><br>%{{x:.4g}} ms (%{{text}} of original)<br>"
+                "importance %{y:.4g}<extra>click to select</extra>",
+            }
         )
     if current is not None:
-        figure.add_trace(
-            go.Scatter(
-                x=[current.latency_ms],
-                y=[current.importance],
-                mode="markers",
-                name="current",
-                marker={
+        traces.append(
+            {
+                "type": "scatter",
+                "x": [current.latency_ms],
+                "y": [current.importance],
+                "mode": "markers",
+                "name": "current",
+                "hoverinfo": "skip",
+                "marker": {
                     "symbol": "star",
                     "size": 18,
                     "color": "#ffd166",
                     "line": {"color": "#111", "width": 1.5},
                 },
-                hoverinfo="skip",
-            )
+            }
         )
-    figure.update_layout(
-        height=height,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        xaxis={"title": "predicted latency (ms, table sum)"},
-        yaxis={"title": "importance (sum over segments)"},
-        legend={"orientation": "h", "y": 1.1, "x": 0},
-        clickmode="event+select",
-    )
-    return figure
+    shapes, annotations = [], []
+    if budget_ms is not None:
+        shapes.append(
+            {
+                "type": "line",
+                "x0": budget_ms,
+                "x1": budget_ms,
+                "y0": 0,
+                "y1": 1,
+                "yref": "paper",
+                "line": {"color": "#333", "dash": "dash", "width": 1},
+            }
+        )
+        annotations.append(
+            {
+                "x": budget_ms,
+                "y": 1,
+                "yref": "paper",
+                "text": "budget",
+                "showarrow": False,
+                "xanchor": "right",
+                "yanchor": "bottom",
+            }
+        )
+    layout = {
+        "height": height,
+        "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
+        "xaxis": {"title": {"text": "predicted latency (ms, table sum)"}},
+        "yaxis": {"title": {"text": "importance (sum over segments)"}},
+        "legend": {"orientation": "h", "y": 1.1, "x": 0},
+        "clickmode": "event+select",
+        "shapes": shapes,
+        "annotations": annotations,
+    }
+    return go.Figure({"data": traces, "layout": layout})
 
 
 def table_heatmap(
