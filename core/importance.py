@@ -56,6 +56,7 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -381,8 +382,13 @@ class FinetuneEstimator(ImportanceEstimator):
         self, model: nn.Module, chain: Chain, data: DataSplits, config: ImportanceConfig
     ) -> None:
         super().__init__(model, chain, data, config)
-        self._eval_batches = list(
-            _batches(data.holdout, _first(len(data.holdout), config.eval_images), EVAL_BATCH)
+        self._eval_indices = _first(len(data.holdout), config.eval_images)
+        # In-memory tensors are sliced once and kept; files (folders) are read at each
+        # evaluation instead, so a large holdout split never sits in memory decoded.
+        self._eval_cache = (
+            list(_batches(data.holdout, self._eval_indices, EVAL_BATCH))
+            if isinstance(data.holdout, TensorDataset)
+            else None
         )
 
     def __call__(self, chain: Chain, entry: TableEntry, *, seed: int = 0) -> EntryScore:
@@ -433,7 +439,8 @@ class FinetuneEstimator(ImportanceEstimator):
         was_training = network.training
         network.eval()
         correct, total_loss, count = 0, 0.0, 0
-        for images, labels in self._eval_batches:
+        batches = self._eval_cache or _batches(self.data.holdout, self._eval_indices, EVAL_BATCH)
+        for images, labels in batches:
             logits = network(self._input(images))
             total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(dim=1) == labels).sum())
@@ -615,7 +622,14 @@ def estimate_importance(
     finished, computed, job_seconds = cached_count, 0, 0.0
     loop_started = time.perf_counter()
     for count, (job_id, score) in enumerate(
-        _run_jobs(context, [(j, representative[j]) for j in pending], jobs, cluster, threads),
+        _run_jobs(
+            context,
+            [(j, representative[j]) for j in pending],
+            jobs,
+            cluster,
+            threads,
+            (bundle, chain, splits),
+        ),
         start=1,
     ):
         done[job_id] = score
@@ -646,7 +660,8 @@ def estimate_importance(
         "input_shape": list(chain.input_shape),
         "chain_digest": chain.digest(),
         "weights_digest": bundle.weights_digest,
-        "weights": bundle.weights_note,
+        "weights": bundle.weights_source,  # seeded, shipped, file or state_dict
+        "weights_file": bundle.weights_path.name if bundle.weights_path else None,
         "data": splits.name,
         "data_digest": splits.digest,
         "importance_key": key,
@@ -803,20 +818,37 @@ def _run_jobs(
     jobs: int,
     cluster: str | None,
     threads: int,
+    local: tuple[ModelBundle, Chain, DataSplits],
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (job id, score) as jobs finish: in process, on loky processes, or on dask."""
     if not work:
         return
     if cluster is None and jobs == 1:
+        # In this process: score with the caller's model and splits, nothing rebuilt or kept.
+        bundle, chain, splits = local
+        estimator = _ESTIMATORS[context.config.mode](bundle.model, chain, splits, context.config)
         for job_id, entry in work:
-            yield _run_job(context, job_id, entry, threads)
+            with torch_threads(threads):
+                score = estimator(chain, entry, seed=entry_seed(context.config.seed, job_id))
+            yield job_id, asdict(score)
         return
     import joblib
 
     tasks = (joblib.delayed(_run_job)(context, job_id, entry, threads) for job_id, entry in work)
     if cluster is None:
-        parallel = joblib.Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
-        yield from parallel(tasks)
+        with tempfile.TemporaryDirectory(prefix="layermerge-weights-") as scratch:
+            if context.recipe.weights_bytes is not None:
+                # Local workers read the weights from a file once each, instead of receiving
+                # the bytes pickled with every task.
+                path = Path(scratch) / "weights.pt"
+                path.write_bytes(context.recipe.weights_bytes)
+                recipe = replace(context.recipe, weights_bytes=None, weights_path=str(path))
+                context = replace(context, recipe=recipe)
+            tasks = (
+                joblib.delayed(_run_job)(context, job_id, entry, threads) for job_id, entry in work
+            )
+            parallel = joblib.Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
+            yield from parallel(tasks)
         return
     client = _dask_client(cluster)
     try:

@@ -57,6 +57,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--eval-images", type=int, default=None, help="holdout images evaluated (default: all)"
     )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=256,
+        help="holdout images whose logits distortion mode compares (default 256)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the entries' finetunes")
     parser.add_argument(
         "--data-seed", type=int, default=0, help="seed of the finetune/holdout/test split"
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         normalization=args.normalization,
         reinit_single=args.reinit_single,
         eval_images=args.eval_images,
+        calibration_images=args.calibration_images,
         seed=args.seed,
         data_seed=args.data_seed,
     )
