@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from core.dp import list_methods
@@ -35,7 +37,7 @@ percent = left.slider(
 method = right.radio(
     "Method", list_methods(), key="method", on_change=views.forget_pick, persist_state="session"
 )
-budget_ms = original_ms * percent / 100
+budget_ms = shared.budget_ms(used, percent)
 left.caption(f"Budget {budget_ms:.4g} ms of the original {original_ms:.4g} ms (table sums).")
 
 try:
@@ -43,10 +45,10 @@ try:
 except InfeasibleBudgetError as exc:
     shared.set_solution(None)
     fastest = min(points[0].latency_ms for points in fronts.values() if points)
+    needed = math.ceil(fronts[method][0].latency_ms / original_ms * 100 - 1e-6)
     st.error(
-        f"Impossible budget: {exc}. Raise the budget to at least "
-        f"{fronts[method][0].latency_ms / original_ms:.0%} for {method} "
-        f"(fastest of any method: {fastest:.4g} ms)."
+        f"Impossible budget: {exc}. Raise the budget to at least {needed}% for {method} "
+        f"(the fastest solution of any method needs {fastest:.4g} ms)."
     )
     current = None
 else:

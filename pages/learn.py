@@ -68,7 +68,7 @@ if used is None:
     st.stop()
 method = solution.method if solution is not None else "layermerge"
 budget = st.session_state.get("budget")
-budget_ms = used.original_ms * budget / 100 if budget else None
+budget_ms = shared.budget_ms(used, budget) if budget else None
 st.markdown(
     "A solution is a path from position 0 to the last one; each step is a segment (i, j] with a "
     "kernel option, costing its table latency and earning its importance. At each position the "

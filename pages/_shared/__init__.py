@@ -60,6 +60,7 @@ __all__ = [
     "short_path",
     "sidebar_solution",
     "solution_or_default",
+    "budget_ms",
     "DEFAULT_BUDGET_PERCENT",
 ]
 
@@ -68,6 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 APP_RUNS = Path(os.environ.get("LAYERMERGE_APP_RUNS", ROOT / "runs" / "app"))
 DEFAULT_MODEL = "digits_resnet"
 DEFAULT_BUDGET_PERCENT = 60  # the Budget slider's starting point
+BUDGET_SLACK = 1e-6  # relative; see budget_ms
 TABLE_FILES = ("latency.csv", "importance.csv", "meta.json")
 JOB_PARAMS = {"tables": "tables_job", "finetune": "finetune_job"}  # job kind -> query parameter
 
@@ -328,6 +330,15 @@ def tables_in_use(which: ModelChoice | None = None) -> TablesInUse | None:
     return None
 
 
+def budget_ms(used: TablesInUse, percent: float) -> float:
+    """The budget in ms for a share of the original table latency.
+
+    A relative slack of 1e-6 keeps 100% feasible: meta.json's rounded original latency and the
+    keep-everything solution's own sum differ in the last digits.
+    """
+    return used.original_ms * percent / 100 * (1 + BUDGET_SLACK)
+
+
 def frontiers(used: TablesInUse) -> dict[str, list[FrontierPoint]]:
     """Every method's exact frontier on the tables, computed once per table content."""
     key = f"{used.directory}:{used.tables.digest}"
@@ -426,7 +437,7 @@ def solution_or_default() -> Solution | None:
     method = st.session_state.get("method", "layermerge")
     percent = st.session_state.get("budget", DEFAULT_BUDGET_PERCENT)
     try:
-        current = pick(frontiers(used)[method], used.original_ms * percent / 100)
+        current = pick(frontiers(used)[method], budget_ms(used, percent))
     except InfeasibleBudgetError:
         return None
     set_solution(current)

@@ -1,0 +1,156 @@
+"""One walk through the real app in headless Chromium: start ``streamlit run app.py``, open the
+Budget page from the navigation, move the slider with the keyboard, see the solution change.
+
+Chromium is Debian's package, driven by Playwright with ``executable_path`` (``playwright install``
+is never used: it downloads a browser). The fixture installs the package with apt-get when it is
+missing and skips, saying why, only when that is impossible. The screenshot goes to the test's
+temporary folder, and to docs/screenshot.png (the README's picture) when that file is missing or
+LAYERMERGE_UPDATE_SCREENSHOT=1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # needed as root
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",  # no calls out
+    "--disable-component-update",
+]
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+pytestmark = pytest.mark.browser
+
+
+def _install_chromium() -> str | None:
+    """Install Debian's chromium if missing; the reason it cannot be, or None when it is there."""
+    if CHROMIUM.exists():
+        return None
+    if shutil.which("apt-get") is None:
+        return "no /usr/bin/chromium and no apt-get to install it"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return "no /usr/bin/chromium, and installing it needs root"
+    for command in (
+        ["apt-get", "install", "-y", "-qq", "chromium"],
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "chromium"],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if result.returncode == 0 and CHROMIUM.exists():
+            return None
+    tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+    return f"apt-get could not install chromium: {tail[0]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    pytest.importorskip("playwright", reason="the playwright package is not installed")
+    reason = _install_chromium()
+    if reason is not None:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    env = dict(os.environ)
+    env.setdefault("LAYERMERGE_APP_RUNS", str(tmp_path_factory.mktemp("app_runs")))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.read().decode().strip() == "ok":
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read() if process.stdout else ""
+                pytest.fail(f"streamlit did not come up on port {port}:\n{output[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_idle(page: object) -> None:
+    page.wait_for_timeout(300)  # let the rerun start before waiting for it to end
+    page.wait_for_selector(IDLE, state="attached", timeout=120_000)
+
+
+def _solution_text(page: object) -> str:
+    summary = page.get_by_text(" segments · ").first
+    latency = page.get_by_test_id("stMetric").first
+    return f"{latency.inner_text()} | {summary.inner_text()}"
+
+
+def test_budget_slider_moves_the_solution(browser: object, server: str, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(server)
+    _wait_idle(page)
+    page.get_by_role("link", name="Budget").click()
+    _wait_idle(page)
+    page.get_by_role("heading", name="Latency budget").wait_for(timeout=60_000)
+    page.wait_for_selector("[data-testid='stSlider'], [data-testid='stAlert']", timeout=60_000)
+    slider = page.get_by_role("slider")
+    if slider.count() == 0:
+        pytest.skip("the Budget page shows no slider: no tables for the digits demo yet")
+    before = _solution_text(page)
+    slider.focus()
+    changed = before
+    for _ in range(40):  # one 1% step per key press, until the DP's answer changes
+        page.keyboard.press("ArrowRight")
+        _wait_idle(page)
+        changed = _solution_text(page)
+        if changed != before:
+            break
+    assert changed != before, f"the solution did not change: {before}"
+    assert page.get_by_test_id("stException").count() == 0
+    page.wait_for_timeout(1000)  # plotly finishes drawing
+    shot = tmp_path / "budget.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if not SCREENSHOT.exists() or os.environ.get("LAYERMERGE_UPDATE_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)
+    page.close()
