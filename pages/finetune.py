@@ -30,6 +30,12 @@ def curves(job: jobs.Job) -> None:
             legend={"orientation": "h", "y": 1.15},
         )
         st.plotly_chart(figure, key=f"curves_{job.id}")
+    solution = job.config["solution"]
+    st.caption(
+        f"Job {job.id}: {solution.method} at {solution.latency_ms:.4g} ms predicted, "
+        f"{len(solution.segments)} segments · {job.config['finetune'].optimizer}, lr "
+        f"{job.config['finetune'].lr:g}, batch {job.config['finetune'].batch_size}"
+    )
     result = job.result
     if job.status == "done" and isinstance(result, dict) and result.get("status") == "completed":
         cols = st.columns(3)

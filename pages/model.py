@@ -113,8 +113,11 @@ if submitted:
             apply_form()
     except LayerMergeError as exc:
         st.error(str(exc))
-    else:
-        st.success(f"Now using {shared.choice().label}.")
+    else:  # rerun so the sidebar frame, drawn before this page, shows the new model
+        st.session_state.model_flash = f"Now using {shared.choice().label}."
+        st.rerun()
+if "model_flash" in st.session_state:
+    st.success(st.session_state.pop("model_flash"))
 
 current = shared.choice()
 bundle, chain = shared.bundle(), shared.chain()

@@ -16,7 +16,7 @@ shared.frame_guard()
 def compute_panel() -> None:
     """Settings and a start button; the work runs in a background job (tasks.start_tables)."""
     with st.form("tables_form"):
-        cols = st.columns(3)
+        cols = st.columns(4)
         big = shared.choice().input_size >= 128
         cols[0].number_input(
             "Batch (images per timed call)", 1, 512, 1 if big else 64, key="tables_batch"
@@ -29,12 +29,22 @@ def compute_panel() -> None:
             help="finetune: a brief finetune per entry (the paper, minutes); "
             "distortion: output change with no training (seconds, a first look)",
         )
-        cols[2].number_input("Worker processes", 1, os.cpu_count() or 1, 1, key="tables_jobs")
+        cols[2].number_input(
+            "Timing threads",
+            1,
+            os.cpu_count() or 1,
+            1,
+            key="tables_threads",
+            help="torch threads while timing; 1 (as the shipped tables) is steadiest on a busy "
+            "machine, and is what the Budget page's Measure button then uses too",
+        )
+        cols[3].number_input("Importance processes", 1, os.cpu_count() or 1, 1, key="tables_jobs")
         if st.form_submit_button("Compute the tables", key="compute_tables", type="primary"):
             tasks.start_tables(
                 batch=int(st.session_state.tables_batch),
                 mode=st.session_state.tables_mode,
                 processes=int(st.session_state.tables_jobs),
+                threads=int(st.session_state.tables_threads),
             )
             st.rerun(scope="app")
 

@@ -33,7 +33,7 @@ __all__ = ["start_tables", "start_finetune", "job_panel", "entries_frame"]
 MAX_HISTORY = 5000  # progress points kept per finetune job (every step up to this)
 
 
-def start_tables(*, batch: int, mode: str, processes: int) -> Job:
+def start_tables(*, batch: int, mode: str, processes: int, threads: int = 1) -> Job:
     """Measure latency then estimate importance for the session's model, in the background.
 
     Raises:
@@ -44,7 +44,7 @@ def start_tables(*, batch: int, mode: str, processes: int) -> Job:
     private = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
     traced = shared.chain(which)
     out = shared.computed_tables_dir(which)
-    latency_config = LatencyConfig(batch=batch)
+    latency_config = LatencyConfig(batch=batch, threads=threads)
     importance_config = ImportanceConfig(mode=mode)
     if any(j.config.get("dir") == str(out) for j in registry().running("tables")):
         raise LayerMergeError(
@@ -70,7 +70,13 @@ def start_tables(*, batch: int, mode: str, processes: int) -> Job:
         "tables",
         f"tables of {which.label}",
         work,
-        config={"dir": str(out), "batch": batch, "mode": mode, "processes": processes},
+        config={
+            "dir": str(out),
+            "batch": batch,
+            "mode": mode,
+            "processes": processes,
+            "threads": threads,
+        },
     )
     shared.remember_job("tables", job.id)
     return job
