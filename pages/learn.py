@@ -43,7 +43,15 @@ st.markdown(
     "early. Below: for every segment (i, j] your model allows, the merged kernel when every "
     "conv is kept."
 )
-st.plotly_chart(pictures.growth_figure(chain), key="learn_growth")
+used = shared.tables_in_use()
+st.plotly_chart(
+    pictures.growth_figure(chain, used.tables if used is not None else None), key="learn_growth"
+)
+if used is not None:
+    st.caption(
+        "Hover a point for that merged conv's time in your latency table: bigger kernels "
+        "cost more, which is why Kim23 stops merging early."
+    )
 
 st.header("3 · Pruning a conv keeps the kernel small (LayerMerge)")
 st.markdown(
@@ -62,7 +70,6 @@ else:
         st.caption("Your current solution merges nothing: every segment is one conv.")
 
 st.header("4 · The DP: a best path through the (position, latency) grid")
-used = shared.tables_in_use()
 if used is None:
     st.info("This picture needs the latency and importance tables (Tables page).")
     st.stop()

@@ -230,7 +230,7 @@ def job_id(kind: str) -> str | None:
 # ----------------------------------------------------------------------------- cached core calls
 
 
-@st.cache_resource(show_spinner="Building the model…", max_entries=16)
+@st.cache_resource(show_spinner="Building the model…", max_entries=8)
 def _build(key: tuple[str, float, int, str], _state_dict: dict[str, Any] | None) -> ModelBundle:
     name, width, input_size, _ = key
     return build_model(name, width=width, input_size=input_size, weights=_state_dict)

@@ -24,6 +24,7 @@ from core.errors import LayerMergeError
 __all__ = ["Job", "JobCancelled", "JobRegistry", "registry"]
 
 RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
+MAX_FINISHED = 64  # finished jobs kept per server process (the oldest go first)
 
 
 class JobCancelled(Exception):
@@ -104,8 +105,15 @@ class JobRegistry:
         job.thread = threading.Thread(target=run, name=f"layermerge-{kind}-{job.id}", daemon=True)
         with self._lock:
             self._jobs[job.id] = job
+            self._forget_old()
         job.thread.start()
         return job
+
+    def _forget_old(self) -> None:
+        """Keep at most MAX_FINISHED finished jobs (their results hold networks); lock held."""
+        finished = sorted((j for j in self._jobs.values() if not j.active), key=lambda j: j.started)
+        for job in finished[: max(0, len(finished) - MAX_FINISHED)]:
+            del self._jobs[job.id]
 
     def get(self, job_id: str | None) -> Job | None:
         if not job_id:

@@ -13,6 +13,7 @@ from core.chain import Chain
 from core.merge import compose, fold_bn
 from core.segments import find_segments, is_valid_segment
 from core.solution import Solution
+from core.tables import Tables
 from pages._shared.figures import METHOD_COLORS
 
 __all__ = ["first_pair", "merge_pair_figure", "growth_figure", "pruning_figure", "dp_grid_figure"]
@@ -63,30 +64,38 @@ def merge_pair_figure(model: nn.Module, chain: Chain, position: int) -> go.Figur
     return figure
 
 
-def growth_figure(chain: Chain) -> go.Figure:
-    """Merged kernel size against segment length: all convs kept (Kim23) vs pruning (LayerMerge)."""
-    kept_all, smallest, labels = [], [], []
+def growth_figure(chain: Chain, tables: Tables | None = None) -> go.Figure:
+    """Merged kernel size against segment length: all convs kept (Kim23) vs pruning (LayerMerge).
+
+    With tables, each point's hover also gives that merged conv's measured latency.
+    """
+    latency = {}
+    if tables is not None:
+        latency = {(e.start, e.end, e.kernel, e.depthwise): e.latency_ms for e in tables.entries}
+    series: dict[str, list[tuple[int, int, str]]] = {"kept": [], "pruned": []}
     for segment in find_segments(chain):
-        if segment.end - segment.start < 1:
-            continue
-        options = [o.kernel for o in segment.options if not o.is_removal]
-        kept_all.append((segment.end - segment.start, segment.full_option.kernel))
-        smallest.append((segment.end - segment.start, min(options)))
-        labels.append(f"({segment.start}, {segment.end}]")
+        length, label = segment.end - segment.start, f"({segment.start}, {segment.end}]"
+        full = segment.full_option
+        small = min((o for o in segment.options if not o.is_removal), key=lambda o: o.kernel)
+        for key, option in (("kept", full), ("pruned", small)):
+            ms = latency.get((segment.start, segment.end, option.kernel, option.depthwise))
+            timing = f"<br>{ms:.4g} ms in the latency table" if ms is not None else ""
+            series[key].append((length, option.kernel, f"segment {label}{timing}"))
     figure = go.Figure()
-    for name, points, color, offset in (
-        ("every conv kept (Kim23)", kept_all, METHOD_COLORS["depth"], -0.08),
-        ("smallest with pruned convs (LayerMerge)", smallest, METHOD_COLORS["layermerge"], 0.08),
+    for key, name, color, offset in (
+        ("kept", "every conv kept (Kim23)", METHOD_COLORS["depth"], -0.08),
+        ("pruned", "smallest with pruned convs (LayerMerge)", METHOD_COLORS["layermerge"], 0.08),
     ):
+        points = series[key]
         figure.add_trace(
             go.Scatter(
-                x=[length + offset for length, _ in points],
-                y=[k for _, k in points],
+                x=[length + offset for length, _, _ in points],
+                y=[kernel for _, kernel, _ in points],
                 mode="markers",
                 name=name,
                 marker={"color": color, "size": 9, "opacity": 0.7},
-                text=labels,
-                hovertemplate="segment %{text}<br>kernel %{y}×%{y}<extra>" + name + "</extra>",
+                text=[text for _, _, text in points],
+                hovertemplate="%{text}<br>kernel %{y}×%{y}<extra>" + name + "</extra>",
             )
         )
     figure.update_layout(
