@@ -55,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         assert not at.exception, at.exception[0].value
         answers.add(next(m.value for m in at.metric if m.label == "Predicted latency"))
     quartiles = statistics.quantiles(times, n=4)
-    print(f"model {args.model}; first run (imports, model build) {first_ms:.0f} ms; switch to "
-          f"Budget {switch_ms:.0f} ms")
-    print(f"slider move: median {statistics.median(times):.1f} ms, quartiles {quartiles[0]:.1f}"
-          f"–{quartiles[2]:.1f} ms, min {min(times):.1f}, max {max(times):.1f} over "
-          f"{len(times)} moves; {len(answers)} distinct answers shown")
+    print(
+        f"model {args.model}; first run (imports, model build) {first_ms:.0f} ms; switch to "
+        f"Budget {switch_ms:.0f} ms"
+    )
+    print(
+        f"slider move: median {statistics.median(times):.1f} ms, quartiles {quartiles[0]:.1f}"
+        f"–{quartiles[2]:.1f} ms, min {min(times):.1f}, max {max(times):.1f} over "
+        f"{len(times)} moves; {len(answers)} distinct answers shown"
+    )
     return 0
 
 

@@ -19,7 +19,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -449,10 +449,6 @@ def short_path(path: Path) -> str:
         return str(path.relative_to(ROOT))
     except ValueError:
         return str(path)
-
-
-def with_width(which: ModelChoice, width: float) -> ModelChoice:
-    return replace(which, width=width)
 
 
 # ----------------------------------------------------------------------------- measurement

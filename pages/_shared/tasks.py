@@ -7,9 +7,7 @@ shared cached object: workers get deep copies or core functions that return new 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,8 +38,7 @@ def start_tables(*, batch: int, mode: str, processes: int, threads: int = 1) -> 
         LayerMergeError: bad settings, or another session is computing the same directory.
     """
     which = shared.choice()
-    bundle = shared.bundle(which)
-    private = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
+    private = dataclasses.replace(shared.bundle(which), model=shared.private_model(which))
     traced = shared.chain(which)
     out = shared.computed_tables_dir(which)
     latency_config = LatencyConfig(batch=batch, threads=threads)
@@ -227,7 +224,3 @@ def _new_id() -> str:
     import uuid
 
     return uuid.uuid4().hex[:12]
-
-
-def finite(value: float) -> bool:
-    return isinstance(value, float | int) and math.isfinite(value)
