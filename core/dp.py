@@ -62,6 +62,7 @@ DEFAULT_BIN_MS = 0.1  # the paper's prec = 10 bins per ms (LAYERMERGE.md §2.1)
 DEFAULT_MIN_BINS = 2000  # small-ms budgets get at least this many bins (bin = budget / 2000)
 MAX_BINS = 50_000  # beyond this the (candidates x bins) work arrays get large; ask for a larger bin
 TIE_TOLERANCE = 1e-9  # importances closer than this are ties, broken by the lower latency
+FLOAT_SLACK = 1e-9  # relative: budgets compare to float sums made in another order
 _ROUNDING_SLACK = 1e-9  # in bins: a latency on the bin grid up to float noise is not rounded up
 _CACHE_SIZE = 8  # prepared candidates kept for the most recent (tables, method) pairs
 
@@ -831,7 +832,10 @@ def _pick_point(points: Sequence[FrontierPoint], budget_ms: float) -> FrontierPo
     budget = _check_budget(budget_ms)
     if not points:
         raise ValueError("the frontier is empty")
-    position = bisect.bisect_right(points, budget, key=lambda p: p.latency_ms)
+    # A relative slack of 1e-9 absorbs float summation order: a budget equal to the original
+    # table latency must admit the keep-everything solution summed in another order.
+    slack = budget * (1.0 + FLOAT_SLACK)
+    position = bisect.bisect_right(points, slack, key=lambda p: p.latency_ms)
     if position == 0:
         fastest = points[0]
         raise InfeasibleBudgetError(
