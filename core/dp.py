@@ -62,6 +62,7 @@ DEFAULT_BIN_MS = 0.1  # the paper's prec = 10 bins per ms (LAYERMERGE.md §2.1)
 DEFAULT_MIN_BINS = 2000  # small-ms budgets get at least this many bins (bin = budget / 2000)
 MAX_BINS = 50_000  # beyond this the (candidates x bins) work arrays get large; ask for a larger bin
 TIE_TOLERANCE = 1e-9  # importances closer than this are ties, broken by the lower latency
+NEUTRAL_IMPORTANCE = 1.0  # a segment that changes nothing: exp(0 / 100)
 FLOAT_SLACK = 1e-9  # relative: budgets compare to float sums made in another order
 _ROUNDING_SLACK = 1e-9  # in bins: a latency on the bin grid up to float noise is not rounded up
 _CACHE_SIZE = 8  # prepared candidates kept for the most recent (tables, method) pairs
@@ -538,8 +539,21 @@ def _depth_candidates(entries: Sequence[TableEntry]) -> list[Candidate]:
 
 @register_method("layer", entries=_is_layer_option)
 def _layer_candidates(entries: Sequence[TableEntry]) -> list[Candidate]:
-    """Layer pruning only: conv p kept as the length-1 segment (p-1, p], or removed (kernel 0)."""
-    return [_single_candidate(e) for e in entries]
+    """Layer pruning only: conv p kept as the length-1 segment (p-1, p], or removed (kernel 0).
+
+    A removal scores ``importance - NEUTRAL_IMPORTANCE``: removing conv p joins position p to the
+    previous segment instead of adding one, and the summed objective gives every segment about
+    exp(0) = 1. Scoring a removal as a whole segment (as a plain knapsack over the table would)
+    rewards removing every reducible conv, whatever it costs in accuracy, and makes the layer
+    frontier incomparable with LayerMerge's (measured on the demo tables, see BENCHMARKS.md).
+    """
+    candidates = []
+    for entry in entries:
+        candidate = _single_candidate(entry)
+        if entry.is_removal:
+            candidate = replace(candidate, importance=candidate.importance - NEUTRAL_IMPORTANCE)
+        candidates.append(candidate)
+    return candidates
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,7 +118,10 @@ def _items(tables: Tables, method: str) -> list[Item]:
         return [(e.start, e.end, e.latency_ms, e.importance) for e in entries if not e.is_removal]
     if method == "layer":
         return [
-            (e.start, e.end, 0.0 if e.is_removal else e.latency_ms, e.importance)
+            # a removal adds no segment: it scores its importance minus a neutral segment's 1
+            (e.start, e.end, 0.0, e.importance - 1.0)
+            if e.is_removal
+            else (e.start, e.end, e.latency_ms, e.importance)
             for e in entries
             if e.end - e.start == 1 and (e.is_removal or e.keeps_all_convs)
         ]
@@ -318,7 +321,8 @@ def layer_equivalent_tables(draw: st.DrawFn) -> Tables:
     """Tables where every layer-pruning solution has a LayerMerge solution of equal value.
 
     A run of removed convs p..q after a kept conv p - 1 equals the LayerMerge segment (p - 2, q]
-    keeping only conv p - 1, with the latency of (p - 2, p - 1] and the summed importances.
+    keeping only conv p - 1, with the latency of (p - 2, p - 1] and the summed importances (a
+    removal scores its importance minus 1, the value of a neutral segment, since it adds none).
     """
     last = draw(st.integers(2, 12))
     rng: random.Random = draw(st.randoms(use_true_random=False))
@@ -330,7 +334,7 @@ def layer_equivalent_tables(draw: st.DrawFn) -> Tables:
         b = a + 2
         while b <= last and b in removed:
             latency, importance = keep[a + 1]
-            importance += sum(removed[p] for p in range(a + 2, b + 1))
+            importance += sum(removed[p] - 1.0 for p in range(a + 2, b + 1))
             entries.append(_entry(a, b, [a + 1], latency, importance))
             b += 1
     return _make_tables(entries)
@@ -359,14 +363,17 @@ def test_layermerge_dominates_layer_when_removals_have_equivalent_entries(
 
 
 def _two_conv_tables() -> Tables:
-    """Positions 0..2: singles of 1 ms, a slow all-kept merge (0, 2], a pruned (0, 2], removals."""
+    """Positions 0..2: singles of 1 ms, a slow all-kept merge (0, 2], a pruned (0, 2], a removal.
+
+    The removal scores 1.5 - 1 = 0.5 for the layer method (it adds no segment).
+    """
     return _make_tables(
         [
             _entry(0, 1, [1], 1.0, 1.0),
             _entry(1, 2, [2], 1.0, 1.0),
             _entry(0, 2, [1, 2], 5.0, 3.0),
             _entry(0, 2, [1], 0.75, 1.5),
-            _entry(1, 2, [], 0.0, 0.5),
+            _entry(1, 2, [], 0.0, 1.5),
         ]
     )
 
