@@ -17,6 +17,7 @@ from core.benchmark import (
     compare,
     folded_original,
     predicted_speedup,
+    use_heap_allocator,
 )
 from core.commands.common import add_model_arguments
 from core.commands.compress_cmd import prepare
@@ -58,6 +59,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tables", default=None, metavar="DIR", help="also show the table's predicted speed-up"
     )
+    parser.add_argument(
+        "--allocator",
+        default="default",
+        choices=("default", "heap"),
+        help="heap: keep freed memory in glibc's heap, so large activations cost no page "
+        "faults (see core.benchmark.use_heap_allocator); default: as the process starts",
+    )
     return parser
 
 
@@ -66,6 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise LayerMergeError(f"--{name} must be a positive integer, got {value}")
+    heap = use_heap_allocator() if args.allocator == "heap" else False
     bundle, chain, solution = prepare(args)
     if args.compressed:
         compressed = export.load(args.compressed)
@@ -113,6 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "compressed": args.compressed,
         "baseline": "original, BN folded" if args.baseline == "folded" else "original module",
         "input_shape": list(chain.input_shape),
+        "allocator": "heap" if heap else "default",
         "original_depth": original.depth() if hasattr(original, "depth") else len(chain.convs),
         "compressed_depth": compressed.depth(),
         "results": [row.to_dict() for row in rows],
@@ -141,5 +151,8 @@ def format_text(result: dict[str, Any]) -> str:
             f"  predicted by the table: {predicted['speedup']:.2f}x (table {predicted['table_latency_ms']:.3f}"
             f" of {predicted['original_table_latency_ms']:.3f} ms)"
         )
-    lines.append("  medians over alternating rounds; ratios come from the same run")
+    lines.append(
+        f"  medians over alternating rounds; ratios come from the same run; allocator: "
+        f"{result['allocator']}"
+    )
     return "\n".join(lines)
