@@ -27,10 +27,10 @@ ARCHITECTURES = [
     ("resnet18", lambda: torchvision.models.resnet18(), 64, 6),
     ("resnet34", lambda: torchvision.models.resnet34(), 64, 3),
     ("resnet50", lambda: torchvision.models.resnet50(), 64, 3),
-    ("mobilenet_v2", lambda: torchvision.models.mobilenet_v2(), 64, None),
-    ("mobilenet_v2_1.4", lambda: torchvision.models.mobilenet_v2(width_mult=1.4), 64, None),
+    ("mobilenet_v2", lambda: torchvision.models.mobilenet_v2(), 64, 8),
+    ("mobilenet_v2_1.4", lambda: torchvision.models.mobilenet_v2(width_mult=1.4), 64, 8),
     ("resnet20_unlisted", resnet20, 32, None),
-    ("mnasnet_unlisted", lambda: torchvision.models.mnasnet0_5(), 64, None),
+    ("mnasnet_unlisted", lambda: torchvision.models.mnasnet0_5(), 64, 8),
     ("digits_resnet", lambda: build_model("digits_resnet").model, 32, None),
     ("digits_mobilenet", lambda: build_model("digits_mobilenet").model, 32, None),
 ]
