@@ -617,30 +617,36 @@ def estimate_importance(
     if threads is None:
         threads = 1 if cluster is not None else max(1, (os.cpu_count() or 1) // jobs)
     runner = _describe_runner(jobs, cluster)
-    if progress is not None:
-        progress(cached_count, total, None)
+    # Connect before reporting any progress: an unreachable scheduler is one clear error.
+    client = _dask_client(cluster) if cluster is not None and pending else None
     finished, computed, job_seconds = cached_count, 0, 0.0
-    loop_started = time.perf_counter()
-    for count, (job_id, score) in enumerate(
-        _run_jobs(
-            context,
-            [(j, representative[j]) for j in pending],
-            jobs,
-            cluster,
-            threads,
-            (bundle, chain, splits),
-        ),
-        start=1,
-    ):
-        done[job_id] = score
-        store.save()
-        computed += entries_per_job[job_id]
-        finished += entries_per_job[job_id]
-        job_seconds += float(score["seconds"])
+    try:
         if progress is not None:
-            # elapsed wall time per finished job already accounts for the parallelism
-            per_job = (time.perf_counter() - loop_started) / count
-            progress(finished, total, per_job * (len(pending) - count))
+            progress(cached_count, total, None)
+        loop_started = time.perf_counter()
+        for count, (job_id, score) in enumerate(
+            _run_jobs(
+                context,
+                [(j, representative[j]) for j in pending],
+                jobs,
+                client,
+                threads,
+                (bundle, chain, splits),
+            ),
+            start=1,
+        ):
+            done[job_id] = score
+            store.save()
+            computed += entries_per_job[job_id]
+            finished += entries_per_job[job_id]
+            job_seconds += float(score["seconds"])
+            if progress is not None:
+                # elapsed wall time per finished job already accounts for the parallelism
+                per_job = (time.perf_counter() - loop_started) / count
+                progress(finished, total, per_job * (len(pending) - count))
+    finally:
+        if client is not None:
+            client.close()
 
     base = next(iter(done.values()), None)
     table_entries = tuple(
@@ -816,14 +822,14 @@ def _run_jobs(
     context: _Context,
     work: list[tuple[str, TableEntry]],
     jobs: int,
-    cluster: str | None,
+    client: Any,
     threads: int,
     local: tuple[ModelBundle, Chain, DataSplits],
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (job id, score) as jobs finish: in process, on loky processes, or on dask."""
     if not work:
         return
-    if cluster is None and jobs == 1:
+    if client is None and jobs == 1:
         # In this process: score with the caller's model and splits, nothing rebuilt or kept.
         bundle, chain, splits = local
         estimator = _ESTIMATORS[context.config.mode](bundle.model, chain, splits, context.config)
@@ -835,7 +841,7 @@ def _run_jobs(
     import joblib
 
     tasks = (joblib.delayed(_run_job)(context, job_id, entry, threads) for job_id, entry in work)
-    if cluster is None:
+    if client is None:
         with tempfile.TemporaryDirectory(prefix="layermerge-weights-") as scratch:
             if context.recipe.weights_bytes is not None:
                 # Local workers read the weights from a file once each, instead of receiving
@@ -850,13 +856,10 @@ def _run_jobs(
             parallel = joblib.Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
             yield from parallel(tasks)
         return
-    client = _dask_client(cluster)
-    try:
-        with joblib.parallel_config(backend="dask", scatter=[context]):
-            parallel = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")
-            yield from parallel(tasks)
-    finally:
-        client.close()
+    # joblib's dask backend runs on the current client; the context is scattered once.
+    with joblib.parallel_config(backend="dask", scatter=[context]):
+        parallel = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")
+        yield from parallel(tasks)
 
 
 def _dask_client(address: str) -> Any:
