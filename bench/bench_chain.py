@@ -48,14 +48,20 @@ def main() -> None:
     chain = trace_chain(mobilenet, 224)
     everything = keep_everything_solution(chain)
     rows.append(
-        ("merge mobilenet_v2, keep everything",
-         _median_seconds(lambda: merge_model(mobilenet, chain, everything)), 1.0)
+        (
+            "merge mobilenet_v2, keep everything",
+            _median_seconds(lambda: merge_model(mobilenet, chain, everything)),
+            1.0,
+        )
     )
     solution = random_solution(chain, random.Random(0))
     merged_segments = sum(1 for s in solution.segments if s.end - s.start > 1)
     rows.append(
-        (f"merge mobilenet_v2, random solution ({merged_segments} multi-conv segments)",
-         _median_seconds(lambda: merge_model(mobilenet, chain, solution)), 1.0)
+        (
+            f"merge mobilenet_v2, random solution ({merged_segments} multi-conv segments)",
+            _median_seconds(lambda: merge_model(mobilenet, chain, solution)),
+            1.0,
+        )
     )
     print("| step | median (s) | target (s) |")
     print("| --- | ---: | ---: |")

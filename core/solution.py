@@ -112,7 +112,9 @@ class Solution:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Solution:
         if not isinstance(data, dict):
-            raise InvalidSolutionError(f"a solution must be a JSON object, got {type(data).__name__}")
+            raise InvalidSolutionError(
+                f"a solution must be a JSON object, got {type(data).__name__}"
+            )
         try:
             segments = tuple(SolutionSegment.from_dict(s) for s in data["segments"])
             return cls(
@@ -127,7 +129,9 @@ class Solution:
                 extra=dict(data.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidSolutionError(f"solution is malformed: missing or bad field {exc}") from exc
+            raise InvalidSolutionError(
+                f"solution is malformed: missing or bad field {exc}"
+            ) from exc
 
 
 def save_solution(solution: Solution, path: str | Path) -> None:
