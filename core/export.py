@@ -28,13 +28,11 @@ import io
 import json
 import math
 import os
-import pickle
 import platform
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +40,7 @@ from torch import nn
 from core.chain import ACTIVATION_KINDS
 from core.errors import LayerMergeError, UnsafeCheckpointError
 from core.network import NETWORK_SPEC_VERSION, StepNetwork
+from core.safe_load import safe_torch_load
 from core.solution import Solution
 
 __all__ = [
@@ -434,30 +433,6 @@ def jsonable(value: Any, *, what: str = "value") -> Any:
         return json.loads(json.dumps(value, allow_nan=True))
     except (TypeError, ValueError) as exc:
         raise LayerMergeError(f"{what} is not JSON-able: {exc}") from exc
-
-
-def safe_torch_load(handle: BinaryIO, name: str) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into one clear error.
-
-    Raises:
-        UnsafeCheckpointError: the data would need unsafe unpickling, or is not a torch file.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(handle, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", str(exc))
-        detail = found.group(1) if found else " ".join(str(exc).split())[:200]
-        raise UnsafeCheckpointError(
-            f"refused to load {name}: it is not a plain tensor checkpoint and would need unsafe "
-            f"unpickling ({detail})"
-        ) from exc
-    except Exception as exc:  # torch.load raises RuntimeError, EOFError, KeyError, ... on junk
-        message = " ".join(str(exc).split()).split(". This is an internal")[0] or "empty file"
-        raise UnsafeCheckpointError(
-            f"{name} is not a readable torch checkpoint ({type(exc).__name__}: {message[:200]})"
-        ) from exc
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -25,9 +25,6 @@ import hashlib
 import importlib
 import io
 import math
-import pickle
-import re
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +34,7 @@ import torch
 from torch import nn
 
 from core.errors import LayerMergeError, UnsafeCheckpointError
+from core.safe_load import safe_torch_load
 
 __all__ = [
     "ModelInfo",
@@ -515,28 +513,9 @@ def _count_classes(model: nn.Module, name: str) -> int:
 
 
 def _torch_load(handle: BinaryIO, name: str) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": we report below
-            return torch.load(handle, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = _weights_only_detail(str(exc))
-        raise UnsafeCheckpointError(
-            f"refused to load weights {name}: it is not a plain tensor checkpoint and would "
-            f"need unsafe unpickling ({detail}); save weights with "
-            "torch.save(model.state_dict(), path)"
-        ) from exc
-    except Exception as exc:  # torch.load raises RuntimeError, EOFError, KeyError, ... on junk
-        message = " ".join(str(exc).split()).split(". This is an internal")[0] or "empty file"
-        raise UnsafeCheckpointError(
-            f"weights {name} are not a readable torch checkpoint "
-            f"({type(exc).__name__}: {message[:200]})"
-        ) from exc
-
-
-def _weights_only_detail(message: str) -> str:
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", message)
-    return found.group(1) if found else " ".join(message.split())[:200]
+    return safe_torch_load(
+        handle, f"weights {name}", advice="save weights with torch.save(model.state_dict(), path)"
+    )
 
 
 def _extract_state_dict(loaded: Any, name: str) -> dict[str, torch.Tensor]:
