@@ -10,6 +10,7 @@ enumerating subsets (the original keeps whichever count vector is enumerated las
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 from core.chain import Chain, ConvSpec
@@ -26,6 +27,7 @@ __all__ = [
     "keep_everything_solution",
     "segment_geometry",
     "validate_solution",
+    "span_stride",
 ]
 
 
@@ -212,15 +214,18 @@ def _validate_kept(chain: Chain, seg: SolutionSegment) -> None:
         )
 
 
+def span_stride(chain: Chain, start: int, end: int) -> int:
+    """Product of the strides of convs (start, end]: the stride of their merged conv."""
+    return math.prod(c.stride for c in chain.convs[start + 1 : end + 1])
+
+
 def _absorbs_dense_shortcut(chain: Chain, start: int, end: int) -> bool:
     return any(r.shortcut and start <= r.start and r.end <= end for r in chain.residuals)
 
 
 def _option_for(chain: Chain, start: int, end: int, kept: tuple[int, ...]) -> KernelOption:
     convs = [chain.convs[c] for c in kept]
-    stride = 1
-    for c in chain.convs[start + 1 : end + 1]:
-        stride *= c.stride
+    stride = span_stride(chain, start, end)
     depthwise = all(c.depthwise for c in convs) and not _absorbs_dense_shortcut(chain, start, end)
     return KernelOption(
         kernel=1 + sum(c.kernel - 1 for c in convs),
@@ -240,9 +245,7 @@ def _options(
 ) -> tuple[KernelOption, ...]:
     """Best kept-conv subset for every distinct (kernel, depthwise) of segment (start, end]."""
     convs = chain.convs[start + 1 : end + 1]
-    stride = 1
-    for c in convs:
-        stride *= c.stride
+    stride = span_stride(chain, start, end)
     dense_shortcut = _absorbs_dense_shortcut(chain, start, end)
     types = sorted({_conv_type(c) for c in convs})
     irreducible = {t: [c for c in convs if _conv_type(c) == t and not c.reducible] for t in types}

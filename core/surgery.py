@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from core.chain import Chain, ResidualSpan
+from core.chain import Chain
 from core.network import NETWORK_SPEC_VERSION, StepNetwork, conv_step
-from core.segments import validate_solution
+from core.segments import keep_everything_solution, span_stride, validate_solution
 from core.solution import Solution
 
 __all__ = ["build_training_network", "activation_plan", "original_network"]
@@ -66,8 +66,6 @@ def build_training_network(model: nn.Module, chain: Chain, solution: Solution) -
 
 def original_network(model: nn.Module, chain: Chain) -> StepNetwork:
     """The original model rebuilt as a StepNetwork (every conv and activation kept)."""
-    from core.segments import keep_everything_solution
-
     return build_training_network(model, chain, keep_everything_solution(chain))
 
 
@@ -116,7 +114,7 @@ def _training_spec(
         if position not in ends:
             return
         span = ends[position]
-        stride = _span_stride(chain, span)
+        stride = span_stride(chain, span.start, span.end)
         crop = saved_border[span.start] - border * stride
         step: dict[str, Any] = {"op": "add", "slot": span.start, "crop": crop, "shortcut": None}
         if span.shortcut is not None:
@@ -158,10 +156,3 @@ def _training_spec(
         "steps": steps,
     }
     return spec, sources
-
-
-def _span_stride(chain: Chain, span: ResidualSpan) -> int:
-    stride = 1
-    for conv in chain.convs[span.start + 1 : span.end + 1]:
-        stride *= conv.stride
-    return stride
