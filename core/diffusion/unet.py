@@ -40,7 +40,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, whateve
 os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
 
 DEMO_UNET_NAME = "digits_unet"
-DEMO_UNET_DIR = Path(__file__).resolve().parents[2] / "cached_tables" / "demo_weights" / "digits_unet"
+DEMO_UNET_DIR = (
+    Path(__file__).resolve().parents[2] / "cached_tables" / "demo_weights" / "digits_unet"
+)
 INIT_SEED = 0
 # A small UNet for 16x16 digits: two resolutions, one ResnetBlock2D per level, attention at 8x8.
 # block_out_channels (16, 32) gives a ResnetBlock2D with a channel change (16 -> 32) and equal
@@ -126,7 +128,9 @@ def build_unet(name: str, *, weights: str | Path | None = None) -> UNetBundle:
         model, config, source = load_unet_folder(path)
         return UNetBundle(model, name, config, "folder", source, unet_state_digest(model))
     if name != DEMO_UNET_NAME:
-        raise LayerMergeError(f"unknown diffusion model {name!r}; use {DEMO_UNET_NAME} or diffusers:PATH")
+        raise LayerMergeError(
+            f"unknown diffusion model {name!r}; use {DEMO_UNET_NAME} or diffusers:PATH"
+        )
     if weights is not None:
         model, config, source = load_unet_folder(Path(weights))
         return UNetBundle(model, name, config, "folder", source, unet_state_digest(model))
@@ -202,9 +206,13 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise UnsafeCheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
+            raise UnsafeCheckpointError(
+                f"{path} is not a readable safetensors file ({exc})"
+            ) from exc
     with path.open("rb") as handle:
         loaded = safe_torch_load(handle, f"weights {path}")
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
         raise UnsafeCheckpointError(f"{path} does not hold a state_dict of tensors")
     return loaded
