@@ -221,7 +221,8 @@ def candidates(tables: Tables, *, method: str = "layermerge") -> list[Candidate]
 def restricted_tables(tables: Tables, method: str) -> Tables:
     """The tables cut down to the entries ``method`` may use (same metadata and digest).
 
-    ``layermerge``: every non-removal entry. ``depth``: the non-removal entries that keep all their
+    ``layermerge``: every non-removal entry, and the identity segments the latency table lists
+    (a DDPM upsample conv may become identity, LAYERMERGE.md §1.2). ``depth``: the non-removal entries that keep all their
     convs. ``layer``: the length-1 all-kept entries and the removal entries. Solving
     ``restricted_tables(t, "depth")`` with ``method="layermerge"`` is Kim23 without stage-1 splits.
 
@@ -465,7 +466,8 @@ def compare_methods(
 
 
 def _is_merge_option(entry: TableEntry) -> bool:
-    return not entry.is_removal
+    # a removal the latency table lists is an identity segment (DDPM upsample), not a layer move
+    return not entry.is_removal or entry.in_latency_table
 
 
 def _is_all_kept_option(entry: TableEntry) -> bool:

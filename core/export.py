@@ -218,8 +218,10 @@ def load_checkpoint_dict(source: str | Path | bytes) -> dict[str, Any]:
     return loaded
 
 
-def load(source: str | Path | bytes) -> StepNetwork:
+def load(source: str | Path | bytes) -> nn.Module:
     """Rebuild the merged network from a compressed checkpoint, safely.
+
+    A compressed diffusion UNet (``core.diffusion.export``) comes back as its merged UNet.
 
     Args:
         source: a file path, or the file's bytes.
@@ -230,7 +232,21 @@ def load(source: str | Path | bytes) -> StepNetwork:
     Raises:
         UnsafeCheckpointError: see :func:`load_checkpoint_dict`.
     """
+    if _is_unet_checkpoint(source):
+        from core.diffusion.export import load_unet_checkpoint
+
+        return load_unet_checkpoint(source)
     return network_from_checkpoint(load_checkpoint_dict(source))
+
+
+def _is_unet_checkpoint(source: str | Path | bytes) -> bool:
+    """Peek at the format: compressed diffusion UNets have their own loader."""
+    try:
+        data = bytes(source) if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
+        loaded = safe_torch_load(io.BytesIO(data), "checkpoint")
+    except (OSError, UnsafeCheckpointError):
+        return False  # load_checkpoint_dict reports the problem
+    return isinstance(loaded, dict) and loaded.get("format") == "layermerge-unet-compressed"
 
 
 def network_from_checkpoint(checkpoint: Mapping[str, Any]) -> StepNetwork:

@@ -56,8 +56,10 @@ MANIFEST_FIELDS = ("model", "width", "input_size", "batch", "backend", "device")
 class TableEntry:
     """One (segment, kernel option) with its measured latency and importance.
 
-    ``kernel == 0`` marks the removal of a single conv (used by the layer-only baseline); it has
-    latency 0 by definition and appears in ``importance.csv`` only.
+    ``kernel == 0`` marks the removal of a single conv. A removal found in ``importance.csv`` only
+    (``in_latency_table`` False) is a layer-only baseline move: it deletes the position's segment.
+    A removal the latency table also lists, with latency 0, is an *identity segment* the network
+    can execute as such (a DDPM upsample conv, LAYERMERGE.md §1.2), which LayerMerge may choose.
     """
 
     start: int
@@ -71,6 +73,7 @@ class TableEntry:
     importance: float = float("nan")
     delta_acc: float = float("nan")
     delta_loss: float = float("nan")
+    in_latency_table: bool = True
 
     @property
     def key(self) -> EntryKey:
@@ -222,6 +225,7 @@ def read_tables(directory: str | Path, *, require_importance: bool = True) -> Ta
                 importance=imp,
                 delta_acc=dacc,
                 delta_loss=dloss,
+                in_latency_table=False,
             )
         )
     if not entries:
