@@ -467,7 +467,7 @@ def compare_methods(
 
 def _is_merge_option(entry: TableEntry) -> bool:
     # a removal the latency table lists is an identity segment (DDPM upsample), not a layer move
-    return not entry.is_removal or entry.in_latency_table
+    return not entry.is_removal or entry.identity_segment
 
 
 def _is_all_kept_option(entry: TableEntry) -> bool:

@@ -57,9 +57,9 @@ class TableEntry:
     """One (segment, kernel option) with its measured latency and importance.
 
     ``kernel == 0`` marks the removal of a single conv. A removal found in ``importance.csv`` only
-    (``in_latency_table`` False) is a layer-only baseline move: it deletes the position's segment.
-    A removal the latency table also lists, with latency 0, is an *identity segment* the network
-    can execute as such (a DDPM upsample conv, LAYERMERGE.md §1.2), which LayerMerge may choose.
+    is a layer-only baseline move: it deletes the position's segment. A removal the latency table
+    also lists (latency 0) is an *identity segment*, ``identity_segment=True``: the network runs it
+    as a segment of its own (a DDPM upsample conv, LAYERMERGE.md §1.2), so LayerMerge may choose it.
     """
 
     start: int
@@ -73,7 +73,7 @@ class TableEntry:
     importance: float = float("nan")
     delta_acc: float = float("nan")
     delta_loss: float = float("nan")
-    in_latency_table: bool = True
+    identity_segment: bool = False
 
     @property
     def key(self) -> EntryKey:
@@ -193,7 +193,13 @@ def read_tables(directory: str | Path, *, require_importance: bool = True) -> Ta
             )
     entries: list[TableEntry] = []
     for key, (kept, lat, spread) in latency.items():
-        entry = TableEntry(*key, kept_convs=kept, latency_ms=lat, latency_spread_ms=spread)
+        entry = TableEntry(
+            *key,
+            kept_convs=kept,
+            latency_ms=lat,
+            latency_spread_ms=spread,
+            identity_segment=key[2] == 0,
+        )
         if importance:
             if key not in importance:
                 raise TableMismatchError(
@@ -225,7 +231,6 @@ def read_tables(directory: str | Path, *, require_importance: bool = True) -> Ta
                 importance=imp,
                 delta_acc=dacc,
                 delta_loss=dloss,
-                in_latency_table=False,
             )
         )
     if not entries:
@@ -254,11 +259,11 @@ def _csv_text(columns: tuple[str, ...], rows: Iterable[list[Any]]) -> str:
 
 
 def write_latency_csv(path: str | Path, entries: Iterable[TableEntry]) -> None:
-    """Write the latency table (removal entries, latency 0 by definition, are left out)."""
+    """Write the latency table: removals are left out, but for identity segments (latency 0)."""
     rows = [
         [*_key_cells(e), f"{e.latency_ms:.6g}", f"{e.latency_spread_ms:.6g}"]
         for e in entries
-        if not e.is_removal
+        if not e.is_removal or e.identity_segment
     ]
     atomic_write_text(path, _csv_text(LATENCY_COLUMNS, rows))
 

@@ -136,7 +136,7 @@ def estimate_unet_importance(
                 entry,
                 importance=math.exp(-delta / max(base_loss, 1e-12)),
                 delta_loss=delta,
-                in_latency_table=not entry.is_removal or entry.end in uchain.upsample_convs,
+                identity_segment=entry.is_removal and entry.end in uchain.upsample_convs,
             )
         )
     meta = {

@@ -140,6 +140,7 @@ def measure_unet_latency(
                 option.kept_convs,
                 latency_ms=timing.median_ms,
                 latency_spread_ms=timing.spread_ms,
+                identity_segment=option.is_removal,
             )
         )
         if progress is not None:

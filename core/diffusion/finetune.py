@@ -1,0 +1,296 @@
+"""Finetuning a diffusion UNet on the ε-prediction loss, with progress reports and cancel.
+
+After surgery a UNet has lost activations and convs; LayerMerge finetunes it with DDPM's own
+recipe (LAYERMERGE.md §5.2: Adam, lr 4e-4, batch 128, EMA 0.9999, 100K steps on CIFAR-10; Adam with
+β₁ = 0.9, eps 1e-8 and no weight decay in §4.2's importance runs). :func:`finetune_unet` is a
+plain function the CLI, importance workers and the app's background thread all call: it never
+prints, reports through a callback, and stops before its next step when ``should_stop()`` turns
+true. The data order and the noise are seeded, so a seeded run is reproducible.
+
+Unlike ``core.finetune`` it trains the module it is given, in place (the callers already hold a
+fresh copy, and UNets with replaced blocks need no ``StepNetwork`` wrapper), and writes no
+checkpoints: the runs are minutes, not hours.
+
+Example:
+    >>> from core.diffusion.data import load_diffusion_digits
+    >>> result = finetune_unet(unet, load_diffusion_digits(), UNetFinetuneConfig(steps=300))
+    >>> result.holdout_loss_after < result.holdout_loss_before  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.diffusion.data import DiffusionData
+from core.diffusion.loss import epsilon_loss, make_train_scheduler, training_loss
+from core.errors import DataError, LayerMergeError
+from core.finetune import FinetuneConfigError
+
+__all__ = [
+    "UNetFinetuneConfig",
+    "UNetFinetuneProgress",
+    "UNetFinetuneResult",
+    "finetune_unet",
+    "unet_learning_rate_at",
+]
+
+HOLDOUT_SEED = 0  # epsilon_loss's seed for every holdout evaluation: comparable across runs
+_STATS_WINDOW = 20  # steps the reported training loss is averaged over
+_NOISE_STREAM = 1_000_003  # offsets the noise generator's seed from the data order's
+
+
+@dataclass(frozen=True)
+class UNetFinetuneConfig:
+    """How to finetune a UNet; the defaults suit a short recovery finetune of the digits UNet.
+
+    The learning rate warms up linearly over ``warmup_steps``, then stays (``cosine=False``, the
+    DDPM recipe) or follows a cosine to zero.
+    """
+
+    steps: int = 300  # optimizer steps
+    lr: float = 4e-4  # the paper's DDPM finetuning lr (LAYERMERGE.md §5.2)
+    batch_size: int = 64
+    seed: int = 0  # seeds the data order and the noise
+    ema_decay: float | None = None  # e.g. 0.999; the result then holds the EMA weights
+    eval_every: int = 100  # steps between holdout evaluations (one also at the end)
+    warmup_steps: int = 0
+    cosine: bool = False
+    grad_clip: float | None = None  # max gradient norm; None clips nothing
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str, Any]] = [
+            (_positive_int(self.steps), "steps must be a positive integer", self.steps),
+            (_positive_number(self.lr), "lr must be a positive number", self.lr),
+            (
+                _positive_int(self.batch_size),
+                "batch_size must be a positive integer",
+                self.batch_size,
+            ),
+            (
+                _int(self.seed) and self.seed >= 0,
+                "seed must be a non-negative integer",
+                self.seed,
+            ),
+            (
+                self.ema_decay is None or (_number(self.ema_decay) and 0.0 < self.ema_decay < 1.0),
+                "ema_decay must be None or in (0, 1)",
+                self.ema_decay,
+            ),
+            (
+                _positive_int(self.eval_every),
+                "eval_every must be a positive integer",
+                self.eval_every,
+            ),
+            (
+                _int(self.warmup_steps)
+                and self.warmup_steps >= 0
+                and (not _positive_int(self.steps) or self.warmup_steps < self.steps),
+                "warmup_steps must be an integer in [0, steps)",
+                self.warmup_steps,
+            ),
+            (isinstance(self.cosine, bool), "cosine must be True or False", self.cosine),
+            (
+                self.grad_clip is None or _positive_number(self.grad_clip),
+                "grad_clip must be None or a positive number",
+                self.grad_clip,
+            ),
+        ]
+        for ok, message, value in checks:
+            if not ok:
+                raise FinetuneConfigError(f"{message} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class UNetFinetuneProgress:
+    """One report to the progress callback, sent after every optimizer step."""
+
+    step: int  # steps done, 1..steps
+    steps: int
+    train_loss: float  # mean per-pixel training MSE over the last few steps
+    holdout_loss: float | None  # epsilon_loss on the holdout split, at evaluation steps only
+    elapsed_s: float  # seconds since the call started
+
+
+@dataclass
+class UNetFinetuneResult:
+    """What :func:`finetune_unet` returns."""
+
+    unet: nn.Module  # the module passed in, trained in place, in eval mode
+    steps_done: int
+    stopped: bool  # True when should_stop ended the run early
+    history: list[UNetFinetuneProgress] = field(default_factory=list)  # every report, in order
+    holdout_loss_before: float = math.nan
+    holdout_loss_after: float = math.nan
+    elapsed_s: float = 0.0
+
+
+def finetune_unet(
+    unet: nn.Module,
+    data: DiffusionData,
+    config: UNetFinetuneConfig | None = None,
+    *,
+    progress: Callable[[UNetFinetuneProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> UNetFinetuneResult:
+    """Train ``unet`` in place on ``data.train`` with the ε-prediction loss.
+
+    Args:
+        unet: a UNet called as ``unet(noisy, timesteps).sample``, on any device; it trains there.
+        data: the splits; trains on ``train``, evaluates on ``holdout``
+            (``epsilon_loss(unet, data.holdout, seed=0)``) before, every ``eval_every`` steps,
+            and at the end.
+        config: the options; :class:`UNetFinetuneConfig` defaults when None.
+        progress: called after every step with a :class:`UNetFinetuneProgress`. An exception it
+            raises stops the run and propagates.
+        should_stop: polled before every step; when it returns True the run ends, with the
+            weights of the steps done so far (EMA weights, if EMA is on).
+
+    Returns:
+        The trained UNet (the same module, eval mode), steps done, whether it was stopped, every
+        progress report, and the holdout loss before and after.
+
+    Raises:
+        FinetuneConfigError: ``config`` is not a :class:`UNetFinetuneConfig`.
+        DataError: the train or holdout split is empty.
+        LayerMergeError: the UNet has no trainable parameters.
+    """
+    config = config if config is not None else UNetFinetuneConfig()
+    if not isinstance(config, UNetFinetuneConfig):
+        raise FinetuneConfigError(
+            f"finetune_unet takes a UNetFinetuneConfig, got {type(config).__name__}"
+        )
+    if len(data.train) == 0 or len(data.holdout) == 0:
+        raise DataError(
+            f"diffusion data {data.name!r} needs non-empty train and holdout splits, got "
+            f"{len(data.train)} and {len(data.holdout)} images"
+        )
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    if not parameters:
+        raise LayerMergeError("the UNet has no trainable parameters to finetune")
+    device = parameters[0].device
+    scheduler = make_train_scheduler()
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    ema = _Ema(unet, config.ema_decay) if config.ema_decay is not None else None
+
+    started = time.perf_counter()
+    holdout_before = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
+    order_generator = torch.Generator().manual_seed(config.seed)
+    noise_generator = torch.Generator().manual_seed(config.seed + _NOISE_STREAM)
+    order = torch.empty(0, dtype=torch.long)
+    window: deque[float] = deque(maxlen=_STATS_WINDOW)
+    history: list[UNetFinetuneProgress] = []
+    step, stopped = 0, False
+    count = len(data.train)
+    unet.train()
+    while step < config.steps:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        if len(order) < config.batch_size:  # a fresh epoch, without dropping any image
+            order = torch.cat([order, torch.randperm(count, generator=order_generator)])
+        indices, order = order[: config.batch_size], order[config.batch_size :]
+        images = data.train[indices].to(device=device, dtype=torch.float32)
+        lr = unet_learning_rate_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss = training_loss(unet, images, noise_generator, scheduler)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(unet)
+        step += 1
+        window.append(float(loss.detach()))
+        holdout = None
+        if step % config.eval_every == 0 or step == config.steps:
+            holdout = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
+        report = UNetFinetuneProgress(
+            step=step,
+            steps=config.steps,
+            train_loss=sum(window) / len(window),
+            holdout_loss=holdout,
+            elapsed_s=time.perf_counter() - started,
+        )
+        history.append(report)
+        if progress is not None:
+            progress(report)
+
+    if ema is not None and step > 0:
+        ema.copy_to(unet)
+    unet.eval()
+    holdout_after = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
+    return UNetFinetuneResult(
+        unet=unet,
+        steps_done=step,
+        stopped=stopped,
+        history=history,
+        holdout_loss_before=holdout_before,
+        holdout_loss_after=holdout_after,
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+def unet_learning_rate_at(step: int, config: UNetFinetuneConfig) -> float:
+    """The learning rate of 0-based ``step``: linear warm-up, then constant or cosine to zero."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if not config.cosine:
+        return config.lr
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class _Ema:
+    """An exponential moving average of a module's floating-point parameters and buffers.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates, so a short run's
+    average is not dominated by the initial weights.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {
+            name: value.detach().clone()
+            for name, value in module.state_dict().items()
+            if value.is_floating_point()
+        }
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        for name, value in module.state_dict().items():
+            if name in self.shadow:
+                self.shadow[name].lerp_(value.detach(), 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        module.load_state_dict(self.shadow, strict=False)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> bool:
+    return _int(value) and value > 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_number(value: Any) -> bool:
+    return _number(value) and value > 0
