@@ -136,8 +136,8 @@ def trace_unet(unet: nn.Module, *, batch: int = 1) -> UNetChain:
                     lambda m, i, o, n=name: order.append((n, m, tuple(i[0].shape), tuple(o.shape)))
                 )
             )
-    size = int(config.get("sample_size") or 32)
-    size_hw = (size, size) if isinstance(size, int) else tuple(size)
+    size = config.get("sample_size") or 32
+    size_hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
     channels = int(config.get("in_channels", 3))
     was_training = unet.training
     try:
@@ -160,8 +160,8 @@ def trace_unet(unet: nn.Module, *, batch: int = 1) -> UNetChain:
     for index, (name, conv, in_shape, out_shape) in enumerate(order):
         if any(o[0] == name for o in order[:index]):
             raise UnsupportedLayerError(f"conv {name!r} runs twice in one forward pass")
-        convs.append(_conv_spec(index, name, conv, in_shape, out_shape))
         role = roles[name]
+        convs.append(_conv_spec(index, name, conv, in_shape, out_shape, mergeable=role != "down"))
         activations.append(INNER_ACTIVATION if role == "conv1" else None)
         activation_modules.append(None)
         if role == "conv1":
@@ -224,14 +224,23 @@ def unet_table_entries(uchain: UNetChain) -> int:
 
 
 def _conv_spec(
-    index: int, name: str, conv: nn.Conv2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+    index: int,
+    name: str,
+    conv: nn.Conv2d,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    *,
+    mergeable: bool,
 ) -> ConvSpec:
+    """The conv's geometry. Only convs that may merge or vanish must be 'same'-padded: a
+    downsample conv (irreducible, always its own segment) may pad asymmetrically, as the DDPM
+    CIFAR-10 UNet's does (``downsample_padding=0``: pad (0, 1, 0, 1), then a valid stride-2 conv)."""
     kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
     if len(set(kernel)) != 1 or len(set(stride)) != 1 or not isinstance(padding, tuple):
         raise UnsupportedLayerError(f"conv {name!r} has a non-square kernel, stride or padding")
     if conv.dilation != (1, 1) or conv.padding_mode != "zeros":
         raise UnsupportedLayerError(f"conv {name!r} is dilated or not zero-padded")
-    if padding[0] != padding[1] or padding[0] != kernel[0] // 2:
+    if mergeable and (padding[0] != padding[1] or padding[0] != kernel[0] // 2):
         raise UnsupportedLayerError(f"conv {name!r} is not 'same'-padded (padding {padding})")
     return ConvSpec(
         index=index,
@@ -253,8 +262,8 @@ def _conv_spec(
 def _check_block(name: str, block: nn.Module) -> None:
     if block.upsample is not None or block.downsample is not None:
         raise UnsupportedLayerError(
-            f"{name}: a ResnetBlock2D that up- or downsamples (resnet_time_scale_shift / "
-            "ResnetUpsample blocks) is not supported: its resampling sits between norm and conv1"
+            f"{name}: a ResnetBlock2D that up- or downsamples (ResnetDownsampleBlock2D / "
+            "ResnetUpsampleBlock2D) is not supported: its resampling sits between norm and conv1"
         )
     if block.time_embedding_norm != "default":
         raise UnsupportedLayerError(

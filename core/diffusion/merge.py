@@ -63,7 +63,9 @@ class MergedResnetBlock(nn.Module):
         assert kernel is not None  # LinearizedResnetBlock keeps at least one conv
         out_channels, in_channels, size, _ = kernel.weight.shape
         reference = (block.conv1 or block.conv2).weight
-        conv = nn.Conv2d(in_channels, out_channels, size, padding=block.padding, bias=True)
+        conv = nn.Conv2d(in_channels, out_channels, size, padding=block.padding, bias=True).to(
+            device=reference.device, dtype=reference.dtype
+        )
         time_proj = copy.deepcopy(block.time_emb_proj)
         if fill:
             with torch.no_grad():
@@ -75,7 +77,6 @@ class MergedResnetBlock(nn.Module):
                     bias = taps @ block.time_emb_proj.bias.detach().double()
                     time_proj.weight.copy_(weight.to(reference.dtype))
                     time_proj.bias.copy_(bias.to(reference.dtype))
-        conv.to(reference.device)
         return cls(
             norm1=copy.deepcopy(block.norm1),
             conv=conv,
@@ -88,10 +89,13 @@ class MergedResnetBlock(nn.Module):
 
 
 def merge_unet(training: nn.Module) -> nn.Module:
-    """A copy of a training-form UNet with every linearized block merged into one conv."""
+    """A copy of a training-form UNet with every linearized block merged into one conv.
+
+    A block a depth-method solution splits (``merge`` False) keeps its two convs.
+    """
     merged = copy.deepcopy(training)
     for name, module in list(merged.named_modules()):
-        if isinstance(module, LinearizedResnetBlock):
+        if isinstance(module, LinearizedResnetBlock) and module.merge:
             parent_name, _, attr = name.rpartition(".")
             parent = merged.get_submodule(parent_name) if parent_name else merged
             setattr(parent, attr, MergedResnetBlock.from_linearized(module))

@@ -64,7 +64,11 @@ class LinearizedResnetBlock(nn.Module):
         self.skip_time_act = bool(block.skip_time_act)
         self.conv2 = _unpadded(block.conv2) if keep_conv2 else None
         out_channels = block.conv2.out_channels
-        self.postnorm = nn.GroupNorm(block.norm2.num_groups, out_channels, eps=block.norm2.eps)
+        reference = block.conv2.weight
+        self.postnorm = nn.GroupNorm(block.norm2.num_groups, out_channels, eps=block.norm2.eps).to(
+            device=reference.device, dtype=reference.dtype
+        )
+        self.merge = True  # False: a depth-method split keeps conv1 and conv2 as two convs
         self.conv_shortcut = block.conv_shortcut
         self.output_scale_factor = float(block.output_scale_factor)
 
@@ -101,10 +105,14 @@ def structure_from_solution(uchain: UNetChain, solution: Solution) -> dict[str, 
     for block in uchain.blocks:
         keep1, keep2 = block.conv1 in kept, block.conv2 in kept
         if block.conv1 not in activations:
+            # One segment (conv1 - 1, conv2] merges; two (Kim23's depth method splits an
+            # activation-free span into the fastest consecutive convs) stay two convs.
+            split = any(s.end == block.conv1 for s in solution.segments)
             structure["blocks"][block.name] = {
                 "form": "linearized",
                 "conv1": keep1,
                 "conv2": keep2,
+                "merge": not split,
             }
         elif not (keep1 and keep2):
             structure["blocks"][block.name] = {"form": "pruned", "conv1": keep1, "conv2": keep2}
@@ -143,7 +151,8 @@ def apply_structure(unet: nn.Module, structure: dict[str, Any]) -> nn.Module:
         if spec["form"] != "linearized":
             raise InvalidSolutionError(f"unknown block form {spec['form']!r} for {name}")
         linear = LinearizedResnetBlock(block, keep_conv1=keep1, keep_conv2=keep2)
-        if structure.get("merged"):
+        linear.merge = bool(spec.get("merge", True))
+        if structure.get("merged") and linear.merge:
             linear = MergedResnetBlock.from_linearized(linear, fill=False)
         setattr(parent, attr, linear)
     for name in structure["identity_upsamples"]:

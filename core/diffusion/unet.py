@@ -78,7 +78,9 @@ class UNetBundle:
 
     @property
     def input_size(self) -> int:
-        return int(self.config.get("sample_size") or 32)
+        """The sample side (the larger one for a non-square ``sample_size``)."""
+        size = self.config.get("sample_size") or 32
+        return int(size) if isinstance(size, int) else max(int(v) for v in size)
 
     @property
     def in_channels(self) -> int:

@@ -571,15 +571,9 @@ def test_sampling_merged_equals_training_form(demo) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# known gaps in core/diffusion (strict xfail: these start passing, and so fail, once fixed)
+# gaps found in review: DDPM CIFAR-10 downsample padding, non-square samples, dtype
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnsupportedLayerError,
-    reason="trace_unet refuses downsample_padding=0 (asymmetric pad + stride-2 conv), which the "
-    "diffusers DDPM CIFAR-10 UNet uses; the downsample conv is never merged, so it need not be",
-)
 def test_ddpm_cifar10_style_downsample_padding_traces_and_merges() -> None:
     config = UNSEEN_CONFIG | {"downsample_padding": 0, "freq_shift": 1, "flip_sin_to_cos": False}
     unet = randomize_groupnorms(unet_from_config(config), seed=13)
@@ -591,11 +585,6 @@ def test_ddpm_cifar10_style_downsample_padding_traces_and_merges() -> None:
     assert relative_error(run(training, x, t), run(merged, x, t)) <= TOLERANCE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="trace_unet calls int() on sample_size, which diffusers also allows as [height, width]",
-)
 def test_non_square_sample_size_traces() -> None:
     unet = unet_from_config(UNSEEN_CONFIG | {"sample_size": [8, 12]})
     uchain = trace_unet(unet)
@@ -603,12 +592,6 @@ def test_non_square_sample_size_traces() -> None:
     assert uchain.chain.convs[uchain.upsample_convs[-1]].output_shape == (48, 8, 12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="LinearizedResnetBlock.postnorm and MergedResnetBlock.conv are created with the default "
-    "dtype (and the post-norm on the default device), not the block's",
-)
 def test_training_form_and_merge_keep_the_unet_dtype(demo) -> None:
     unet, uchain = demo
     unet64 = copy.deepcopy(unet).double()
@@ -618,3 +601,26 @@ def test_training_form_and_merge_keep_the_unet_dtype(demo) -> None:
     x = x.double()
     expected, got = run(training, x, t), run(merged, x, t)
     assert relative_error(expected, got) <= 1e-10
+
+
+def test_depth_split_block_keeps_two_convs_and_stays_exact(demo) -> None:
+    """Kim23's depth method may split an activation-free block into its two 3x3 convs."""
+    from dataclasses import replace
+
+    unet, uchain = demo
+    block = uchain.blocks[0]
+    keep = keep_everything_solution(uchain.chain)
+    solution = replace(
+        keep, kept_activations=tuple(a for a in keep.kept_activations if a != block.conv1)
+    )
+    training, structure = build_unet_training_network(unet, uchain, solution)
+    assert structure["blocks"][block.name] == {
+        "form": "linearized",
+        "conv1": True,
+        "conv2": True,
+        "merge": False,
+    }
+    merged = merge_unet(training)
+    assert count_convs(merged) == count_convs(training)
+    x, t = unet_inputs(DEMO_UNET_CONFIG)
+    assert relative_error(run(training, x, t), run(merged, x, t)) <= TOLERANCE

@@ -1,0 +1,119 @@
+"""UNet latency and ε-loss importance tables, and the DP on them (identity upsample segments)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.diffusion.chain import trace_unet, unet_segments
+from core.diffusion.data import load_diffusion_digits
+from core.diffusion.importance import (
+    ORIGINAL_JOB,
+    UNetImportanceConfig,
+    entry_job_id,
+    estimate_unet_importance,
+)
+from core.diffusion.latency import entry_module, measure_unet_latency
+from core.diffusion.unet import DEMO_UNET_CONFIG, UNetBundle, unet_from_config, unet_state_digest
+from core.dp import frontier, restricted_tables, solve
+from core.latency import LatencyConfig
+from core.tables import TableEntry, read_tables
+
+FAST = LatencyConfig(batch=2, min_run_time=0.01, warmup_runs=0, threads=1)
+
+
+@pytest.fixture(scope="module")
+def unet_tables(tmp_path_factory: pytest.TempPathFactory):
+    """Real tables of the demo UNet architecture, measured and scored with tiny settings."""
+    model = unet_from_config(DEMO_UNET_CONFIG)
+    bundle = UNetBundle(
+        model, "digits_unet", dict(DEMO_UNET_CONFIG), "seeded", None, unet_state_digest(model)
+    )
+    uchain = trace_unet(model)
+    directory = tmp_path_factory.mktemp("unet_tables")
+    measure_unet_latency(bundle, uchain, FAST, out=directory)
+    estimate_unet_importance(
+        bundle,
+        uchain,
+        load_diffusion_digits(),
+        UNetImportanceConfig(steps=1, holdout_images=16),
+        out=directory,
+    )
+    return uchain, read_tables(directory)
+
+
+def test_every_entry_is_in_both_tables(unet_tables) -> None:
+    uchain, tables = unet_tables
+    expected = {
+        (s.start, s.end, o.kernel, o.depthwise, o.stride)
+        for s in unet_segments(uchain)
+        for o in s.options
+    }
+    removals = {e.key for e in tables.entries if e.is_removal}
+    assert {e.key for e in tables.entries} - removals == {k for k in expected if k[2] != 0}
+    identity = [e for e in tables.entries if e.identity_segment]
+    assert [e.end for e in identity] == list(uchain.upsample_convs)
+    assert all(e.latency_ms == 0.0 for e in identity)
+    assert all(e.latency_ms > 0 for e in tables.entries if not e.is_removal)
+    assert all(math.isfinite(e.importance) and e.importance > 0 for e in tables.entries)
+    assert tables.meta["kind"] == "diffusion"
+    assert tables.meta["importance_kind"] == "epsilon_loss"
+    assert tables.meta["original_table_latency_ms"] > 0
+    assert tables.meta["network_latency_ms"] > 0
+
+
+def test_single_kept_convs_share_the_original_run(unet_tables) -> None:
+    _, tables = unet_tables
+    singles = [e for e in tables.entries if e.end - e.start == 1 and not e.is_removal]
+    assert {entry_job_id(e) for e in singles} == {ORIGINAL_JOB}
+    assert all(e.delta_loss == 0.0 and e.importance == 1.0 for e in singles)
+    merged = [e for e in tables.entries if e.end - e.start == 2]
+    assert len({entry_job_id(e) for e in merged}) == len(merged)
+
+
+def test_layermerge_may_choose_identity_upsamples_depth_may_not(unet_tables) -> None:
+    uchain, tables = unet_tables
+    upsample = uchain.upsample_convs[0]
+    lm_keys = {e.key for e in restricted_tables(tables, "layermerge").entries}
+    depth_keys = {e.key for e in restricted_tables(tables, "depth").entries}
+    identity_key = (upsample - 1, upsample, 0, False, 1)
+    assert identity_key in lm_keys
+    assert identity_key not in depth_keys
+    fastest = frontier(tables, method="layermerge")[0]
+    assert upsample not in fastest.solution().kept_convs  # the fastest drops it: it costs 0
+
+
+def test_classification_removals_are_not_identity_segments() -> None:
+    removal = TableEntry(0, 1, 0, False, 1, (), latency_ms=0.0, importance=1.0)
+    assert not removal.identity_segment
+
+
+def test_dp_solution_builds_and_merges(unet_tables) -> None:
+    from core.diffusion.flow import apply_unet_solution
+
+    uchain, tables = unet_tables
+    model = unet_from_config(DEMO_UNET_CONFIG)
+    for fraction in (0.9, 0.6):
+        solution = solve(tables, budget_fraction=fraction)
+        result = apply_unet_solution(model, uchain, solution)
+        x = torch.randn(2, 1, 16, 16)
+        t = torch.tensor([3, 800])
+        with torch.no_grad():
+            a = result.training_network(x, t).sample
+            b = result.merged_network(x, t).sample
+        assert float((a - b).abs().max() / a.abs().max()) < 1e-4
+
+
+def test_entry_modules_have_the_entry_geometry(unet_tables) -> None:
+    uchain, _ = unet_tables
+    for segment in unet_segments(uchain):
+        for option in segment.options:
+            if option.is_removal:
+                continue
+            module = entry_module(uchain, segment, option)
+            conv = module[0]
+            assert conv.kernel_size == (option.kernel, option.kernel)
+            assert conv.in_channels == uchain.chain.convs[segment.start + 1].in_channels
+            assert conv.out_channels == uchain.chain.convs[segment.end].out_channels
