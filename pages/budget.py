@@ -9,7 +9,7 @@ import streamlit as st
 from core.dp import list_methods
 from core.errors import InfeasibleBudgetError
 from pages import _shared as shared
-from pages._shared import figures, views
+from pages._shared import diffusion, figures, views
 
 shared.frame_guard()
 
@@ -19,6 +19,7 @@ used = shared.require(
     "No latency and importance tables for this model yet: compute them on the Tables page, or "
     "choose a model with shipped tables (digits_resnet, digits_mobilenet) on the Model page.",
 )
+unet = diffusion.is_unet()
 fronts = shared.frontiers(used)
 original_ms = used.original_ms
 
@@ -53,7 +54,8 @@ except InfeasibleBudgetError as exc:
     current = None
 else:
     shared.set_solution(current)
-    views.solution_summary(current, shared.chain(), used)
+    rows = diffusion.solution_rows(current) if unet else None
+    views.solution_summary(current, shared.chain(), used, rows=rows)
 
 st.subheader("Frontiers")
 st.caption(
@@ -68,5 +70,7 @@ st.plotly_chart(
     on_select=views.take_pick,
     selection_mode="points",
 )
-if current is not None:
+if current is not None and unet:
+    diffusion.measure_panel(current, used)
+elif current is not None:
     views.measure_panel(current, used)

@@ -14,7 +14,7 @@ import torch
 from core.export import build_checkpoint, export_onnx, network_metrics
 from core.finetune import evaluate
 from pages import _shared as shared
-from pages._shared import jobs
+from pages._shared import diffusion, jobs
 
 
 def finetuned_result(solution_key: str) -> dict[str, Any] | None:
@@ -47,6 +47,9 @@ used = shared.require(shared.tables_in_use(), "No tables for this model: see the
 solution = shared.require(
     shared.solution_or_default(), "No solution fits: choose a budget on the Budget page."
 )
+if diffusion.is_unet():  # samples instead of accuracy, the UNet checkpoint, no ONNX yet
+    diffusion.export_panel(solution)
+    st.stop()
 key = shared.solution_key(solution)
 finetuned = finetuned_result(key)
 if finetuned is not None:

@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from core.finetune import FinetuneConfig
 from pages import _shared as shared
-from pages._shared import jobs, tasks
+from pages._shared import diffusion, jobs, tasks
 
 shared.frame_guard()
 
@@ -54,19 +54,24 @@ def curves(job: jobs.Job) -> None:
 
 st.title("Finetune")
 job = jobs.registry().get(shared.job_id("finetune"))
-if job is not None:
+if job is not None and job.config.get("model_kind") == "unet":  # ε-loss and samples, no resume
+    tasks.job_panel(job, "finetune", cancel_label="Cancel", extra=diffusion.finetune_extra)
+elif job is not None:
     tasks.job_panel(job, "finetune", cancel_label="Cancel (a checkpoint is kept)", extra=curves)
     if job.status == "cancelled" and st.button("Resume from the checkpoint", key="resume_finetune"):
         tasks.start_finetune(job.config["solution"], job.config["finetune"], resume_of=job)
         st.rerun()
-    if job.active:
-        st.caption("It runs in the background: change page or reload, it keeps going.")
-        st.stop()
+if job is not None and job.active:
+    st.caption("It runs in the background: change page or reload, it keeps going.")
+    st.stop()
 
 solution = shared.require(
     shared.solution_or_default(),
     "Choose a solution on the Budget page first: finetuning starts from it.",
 )
+if diffusion.is_unet():
+    diffusion.finetune_form(solution)
+    st.stop()
 st.markdown(
     f"Finetune **{solution.method}** at {solution.latency_ms:.4g} ms ({len(solution.segments)} "
     f"segments) of {shared.choice().label} on **{shared.choice().data_spec}**. The training form "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _shared as shared
-from pages._shared import figures
+from pages._shared import diffusion, figures
 from pages._shared import learn_figures as pictures
 
 shared.frame_guard()
@@ -17,6 +17,14 @@ st.caption(
     f"Every picture below is computed from {which.label}, its tables and your current "
     "solution (Budget page)."
 )
+if diffusion.is_unet():
+    st.info(
+        "Your model is a diffusion UNet. Its main-path convs are conv_in, each ResnetBlock2D's "
+        "conv1 and conv2, and the down/upsample convs; its one removable activation is a "
+        "block's inner GroupNorm → SiLU, so a merged segment spans one block. The time "
+        "embedding added between conv1 and conv2 is pushed through conv2 when they merge "
+        "(core.diffusion.merge); attention, skips and the time MLP stay as they are."
+    )
 
 st.header("1 · Two convs with nothing between them are one conv")
 pair = pictures.first_pair(chain)

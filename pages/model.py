@@ -6,15 +6,17 @@ import hashlib
 
 import streamlit as st
 
+from core.diffusion.unet import is_unet_name
 from core.errors import LayerMergeError
 from core.models import default_input_size, get_model_info, list_models, load_state_dict_bytes
 from core.segments import count_table_entries, find_segments
 from pages import _shared as shared
-from pages._shared import figures
+from pages._shared import diffusion, figures
 
 shared.frame_guard()
 
 CUSTOM = "module:function…"
+FOLDER = "diffusers folder…"
 DATA_KINDS = {
     "digits": "Digits demo (bundled)",
     "folder": "Image folder",
@@ -26,6 +28,12 @@ def apply_form() -> None:
     """Build what the form describes; switch the session to it only if everything loads."""
     state = st.session_state
     name = state.model_function.strip() if state.model_name == CUSTOM else state.model_name
+    if state.model_name == FOLDER:
+        name = diffusion.folder_model_name(state.unet_folder)
+    if is_unet_name(name):  # a diffusion UNet: its config fixes size and width
+        new = diffusion.unet_choice(name, upload=state.weights_upload, data_kind=state.data_kind)
+        shared.set_choice(new, None)
+        return
     if not name:
         raise LayerMergeError(
             "name your architecture as module:function, e.g. mypkg.nets:small_cnn"
@@ -57,23 +65,35 @@ def apply_form() -> None:
 
 st.title("Model")
 current = shared.choice()
-names = list_models()
+names = list(dict.fromkeys([*list_models(), diffusion.DEMO_UNET_NAME]))
+folder = current.name.partition(":")[2] if current.name.startswith("diffusers:") else ""
+if current.name in names:
+    index = names.index(current.name)
+else:
+    index = len(names) + (1 if folder else 0)
 with st.form("model_form"):
     left, right = st.columns(2)
     left.selectbox(
         "Architecture",
-        [*names, CUSTOM],
+        [*names, FOLDER, CUSTOM],
         key="model_name",
-        index=names.index(current.name) if current.name in names else len(names),
+        index=index,
+        help="digits_unet and diffusers folders are diffusion UNets (diffusers UNet2DModel)",
     )
     left.text_input(
         "Your own architecture (module:function)",
         key="model_function",
-        value="" if current.name in names else current.name,
+        value="" if current.name in names or folder else current.name,
         placeholder="mypkg.nets:small_cnn",
     )
+    left.text_input(
+        "Diffusers UNet2DModel folder (config.json + safetensors)",
+        key="unet_folder",
+        value=folder,
+        placeholder="/path/to/ddpm-cifar10/unet",
+    )
     left.number_input(
-        "Width multiplier (mobilenet_v2 and the digits models)",
+        "Width multiplier (mobilenet_v2 and the digits CNNs)",
         min_value=0.25,
         max_value=4.0,
         step=0.25,
@@ -123,6 +143,9 @@ current = shared.choice()
 bundle, chain = shared.bundle(), shared.chain()
 st.subheader(f"{current.label}")
 st.caption(bundle.weights_note)
+if diffusion.is_unet():
+    diffusion.model_overview()
+    st.stop()
 if current.name in names and get_model_info(current.name).demo:
     st.caption("A demo model: small enough that every step answers in seconds on a CPU.")
 cols = st.columns(5)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.importance import MODES
 from pages import _shared as shared
-from pages._shared import figures, jobs, tasks
+from pages._shared import diffusion, figures, jobs, tasks
 
 shared.frame_guard()
 
@@ -51,16 +51,25 @@ def compute_panel() -> None:
 
 st.title("Latency and importance tables")
 job = jobs.registry().get(shared.job_id("tables"))
+unet = diffusion.is_unet()
 if job is not None and (job.active or job.status in ("failed", "cancelled")):
-    tasks.job_panel(job, "tables", cancel_label="Stop (finished entries are kept)")
+    label = "Stop" if unet else "Stop (finished entries are kept)"
+    tasks.job_panel(job, "tables", cancel_label=label)
 used = shared.tables_in_use()
 if used is None:
+    saved = (
+        "the latency table first, then the ε-loss importance of every entry; the tables appear "
+        "when both are done"
+        if unet
+        else "every finished entry is saved at once, so a stopped run resumes where it stopped"
+    )
     st.info(
         f"No tables for {shared.choice().label} yet: none ship for it and none were computed. "
-        "Compute them here: every finished entry is saved at once, so a stopped run resumes where "
-        f"it stopped (written to {shared.computed_tables_dir()})."
+        f"Compute them here: {saved} (written to {shared.computed_tables_dir()})."
     )
-    if job is None or not job.active:
+    if (job is None or not job.active) and unet:
+        diffusion.tables_form()
+    elif job is None or not job.active:
         compute_panel()
     st.stop()
 
@@ -68,7 +77,8 @@ tables, meta = used.tables, used.tables.meta
 st.caption(
     f"{used.source} tables in {shared.short_path(used.directory)} · {meta.get('backend', '?')} on "
     f"{meta.get('device', '?')} ({meta.get('cpu', '')}), batch {meta.get('batch', '?')}, "
-    f"{meta.get('threads', '?')} thread(s) · importance: {meta.get('importance_mode', '?')} "
+    f"{meta.get('threads', '?')} thread(s) · importance: "
+    f"{meta.get('importance_mode') or meta.get('importance_kind', '?')} "
     f"({meta.get('importance_normalization', '?')}) on {meta.get('data', '?')}"
 )
 
@@ -80,12 +90,16 @@ if network_ms:
     error = (table_ms - network_ms) / network_ms
     cols[1].metric("Whole network, measured", f"{network_ms:.4g} ms")
     cols[2].metric("Surrogate error", f"{error:+.1%}")
-    st.caption(
-        "The DP adds segment latencies. The table times each merged conv with its activation; "
-        "it leaves out BN, residual adds, pooling and the classifier, and timing pieces alone "
-        f"differs from timing them in sequence. Here the sum is off by {error:+.1%} of the "
-        "measured network: budgets are shares of the table sum, not of the measured time."
-    )
+    if unet:
+        st.caption(f"{diffusion.ADDITIVITY_NOTE} Here it is off by {error:+.1%} of one step.")
+    else:
+        st.caption(
+            "The DP adds segment latencies. The table times each merged conv with its "
+            "activation; it leaves out BN, residual adds, pooling and the classifier, and timing "
+            f"pieces alone differs from timing them in sequence. Here the sum is off by "
+            f"{error:+.1%} of the measured network: budgets are shares of the table sum, not of "
+            "the measured time."
+        )
 else:
     cols[1].metric("Whole network, measured", "not recorded")
     st.caption("meta.json records no whole-network time, so the sum cannot be checked.")

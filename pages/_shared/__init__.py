@@ -28,6 +28,7 @@ from torch import nn
 
 from core.chain import Chain, trace_chain
 from core.data import DataSplits, load_data, parse_data_spec
+from core.diffusion.unet import UNetBundle, is_unet_name
 from core.dp import FrontierPoint, frontier, list_methods, pick
 from core.errors import InfeasibleBudgetError, LayerMergeError, TableMismatchError
 from core.models import ModelBundle, build_model, default_input_size
@@ -94,6 +95,8 @@ class ModelChoice:
 
     @property
     def label(self) -> str:
+        if is_unet_name(self.name):  # a diffusion UNet: its config fixes the size, no width
+            return f"{self.name} at {self.input_size}px"
         return f"{self.name} ×{self.width:g} at {self.input_size}px"
 
 
@@ -256,9 +259,17 @@ def _frontier(digest: str, method: str, _tables: Tables) -> list[FrontierPoint]:
     return frontier(_tables, method=method)
 
 
-def bundle(which: ModelChoice | None = None) -> ModelBundle:
-    """The session's built model (shared: never modify ``bundle().model``; see private_model)."""
+def bundle(which: ModelChoice | None = None) -> ModelBundle | UNetBundle:
+    """The session's built model (shared: never modify ``bundle().model``; see private_model).
+
+    A diffusion UNet comes as core's UNetBundle (``.model``, ``.weights_digest``,
+    ``.weights_source``, ``.weights_note`` as a ModelBundle has them).
+    """
     which = which or choice()
+    if is_unet_name(which.name):
+        from pages._shared.diffusion import unet_bundle
+
+        return unet_bundle(which)
     state_dict = st.session_state.get("state_dict") if which.weights_key != "default" else None
     return _build(which.key, state_dict)
 
@@ -269,7 +280,12 @@ def private_model(which: ModelChoice | None = None) -> nn.Module:
 
 
 def chain(which: ModelChoice | None = None) -> Chain:
+    """The session's chain (of a UNet: its UNetChain's generic chain)."""
     which = which or choice()
+    if is_unet_name(which.name):
+        from pages._shared.diffusion import unet_chain
+
+        return unet_chain(which).chain
     return _trace(which.key, bundle(which).model, which.input_size)
 
 
@@ -285,9 +301,8 @@ def computed_tables_dir(which: ModelChoice | None = None) -> Path:
     which = which or choice()
     digest = bundle(which).weights_digest
     data = which.data_spec.replace("/", "_").replace(":", "-")[-40:]
-    return (
-        APP_RUNS / "tables" / f"{which.name}-w{which.width:g}-s{which.input_size}-{digest}-{data}"
-    )
+    name = which.name.replace("/", "_")[-60:]  # a diffusers:PATH model names a folder
+    return APP_RUNS / "tables" / f"{name}-w{which.width:g}-s{which.input_size}-{digest}-{data}"
 
 
 def shipped_tables_dir(which: ModelChoice | None = None) -> Path | None:
@@ -352,10 +367,16 @@ def _weights_match(tables: Tables, which: ModelChoice) -> bool:
 
 def _check_chain(tables: Tables, directory: Path, which: ModelChoice) -> None:
     recorded = tables.meta.get("chain_digest")
-    if recorded is not None and recorded != chain(which).digest():
+    if is_unet_name(which.name):  # UNet tables record the UNetChain's digest (block structure)
+        from pages._shared.diffusion import unet_chain
+
+        digest = unet_chain(which).digest()
+    else:
+        digest = chain(which).digest()
+    if recorded is not None and recorded != digest:
         raise TableMismatchError(
             f"the tables in {directory} were measured for another chain (digest {recorded}, "
-            f"this model's is {chain(which).digest()}); recompute them on the Tables page"
+            f"this model's is {digest}); recompute them on the Tables page"
         )
 
 

@@ -26,7 +26,13 @@ from core.tables import Tables
 from pages import _shared as shared
 from pages._shared.jobs import Job, JobCancelled, registry
 
-__all__ = ["start_tables", "start_finetune", "job_panel", "entries_frame"]
+__all__ = [
+    "start_tables",
+    "start_finetune",
+    "job_panel",
+    "entries_frame",
+    "progress_reporter",
+]
 
 MAX_HISTORY = 5000  # progress points kept per finetune job (every step up to this)
 
@@ -50,7 +56,7 @@ def start_tables(*, batch: int, mode: str, processes: int, threads: int = 1) -> 
 
     def work(job: Job) -> str:
         measure_latency(
-            private, traced, latency_config, out=out, progress=_reporter(job, "latency")
+            private, traced, latency_config, out=out, progress=progress_reporter(job, "latency")
         )
         estimate_importance(
             private,
@@ -59,7 +65,7 @@ def start_tables(*, batch: int, mode: str, processes: int, threads: int = 1) -> 
             importance_config,
             out=out,
             jobs=processes,
-            progress=_reporter(job, "importance"),
+            progress=progress_reporter(job, "importance"),
         )
         return str(out)
 
@@ -211,7 +217,9 @@ def entries_frame(tables: Tables) -> pd.DataFrame:
     )
 
 
-def _reporter(job: Job, stage: str) -> Callable[[int, int, float | None], None]:
+def progress_reporter(job: Job, stage: str) -> Callable[[int, int, float | None], None]:
+    """A core progress callback that updates ``job`` and stops the work when it is cancelled."""
+
     def report(done: int, total: int, eta_s: float | None) -> None:
         if job.cancel.is_set():
             raise JobCancelled  # core saves finished entries before it stops

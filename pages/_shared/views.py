@@ -109,8 +109,17 @@ def solution_rows(solution: Solution, chain: Chain) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def solution_summary(solution: Solution, chain: Chain, used: shared.TablesInUse) -> None:
-    """Metrics, kept/removed activations, pruned convs, the merged layers and the chain picture."""
+def solution_summary(
+    solution: Solution,
+    chain: Chain,
+    used: shared.TablesInUse,
+    *,
+    rows: pd.DataFrame | None = None,
+) -> None:
+    """Metrics, kept/removed activations, pruned convs, the merged layers and the chain picture.
+
+    ``rows`` replaces :func:`solution_rows` (a UNet names its activations its own way).
+    """
     positions = range(1, chain.last_position + 1)
     removed_acts = [p for p in positions if p not in solution.kept_activations]
     kept_acts = [p for p in positions if p in solution.kept_activations]
@@ -150,7 +159,7 @@ def solution_summary(solution: Solution, chain: Chain, used: shared.TablesInUse)
     )
     st.plotly_chart(figures.chain_figure(chain, solution, height=260), key="solution_chain")
     st.dataframe(
-        solution_rows(solution, chain),
+        solution_rows(solution, chain) if rows is None else rows,
         hide_index=True,
         key="solution_table",
         column_config={

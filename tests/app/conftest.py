@@ -8,6 +8,8 @@ to a temporary folder (LAYERMERGE_APP_RUNS) unless the variable is already set.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,15 +25,20 @@ from tests.app.support import open_page, texts
 # recursion depth mismatch"). A real server has no rewriter, so only the tests need this.
 
 
+# Set before any test module imports pages._shared, which reads the variable once (APP_RUNS): a
+# fixture would come too late, and the tests' tiny tables would land in runs/app, where the real
+# app would prefer them to the shipped ones.
+_OWN_RUNS = "LAYERMERGE_APP_RUNS" not in os.environ
+if _OWN_RUNS:
+    os.environ["LAYERMERGE_APP_RUNS"] = tempfile.mkdtemp(prefix="layermerge-app-runs-")
+
+
 @pytest.fixture(scope="session", autouse=True)
-def app_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if "LAYERMERGE_APP_RUNS" in os.environ:
-        yield Path(os.environ["LAYERMERGE_APP_RUNS"])
-        return
-    path = tmp_path_factory.mktemp("app_runs")
-    os.environ["LAYERMERGE_APP_RUNS"] = str(path)
+def app_runs() -> Iterator[Path]:
+    path = Path(os.environ["LAYERMERGE_APP_RUNS"])
     yield path
-    os.environ.pop("LAYERMERGE_APP_RUNS", None)
+    if _OWN_RUNS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
