@@ -3,6 +3,10 @@
 Both networks run in this one process, alternating round by round, on torch eager and ONNX
 Runtime; the medians and their ratio are reported, beside the latency table's prediction when
 ``--tables`` is given. The baseline is the original with BNs folded (as the paper measures).
+
+For a diffusion UNet (``core.commands.diffusion_cmd``) one denoising step is compared the same
+way, then the wall time of DDIM sampling (``--samples`` images x ``--sampling-steps`` steps,
+alternating repeats), and with ``--fd`` the digits Fréchet distance of both UNets' samples.
 """
 
 from __future__ import annotations
@@ -19,13 +23,21 @@ from core.benchmark import (
     predicted_speedup,
     use_heap_allocator,
 )
+from core.commands import diffusion_cmd
 from core.commands.common import add_model_arguments
 from core.commands.compress_cmd import prepare
+from core.commands.diffusion_cmd import is_diffusion
 from core.errors import LayerMergeError
 from core.merge import merge_model
 from core.tables import read_meta
 
 __all__ = ["add_parser", "run", "format_text"]
+
+# Diffusion UNets: DDIM sampling timed side by side, and the sample-quality check (--fd).
+UNET_SAMPLES = 64
+UNET_SAMPLING_STEPS = 20
+UNET_SAMPLING_REPEATS = 3
+UNET_FD_SAMPLES = 256
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -46,15 +58,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass")
     parser.add_argument(
-        "--backend", default="both", choices=(*BACKENDS, "both"), help="default: both"
+        "--backend",
+        default=None,
+        choices=(*BACKENDS, "both"),
+        help="default: both (diffusion UNets: torch)",
     )
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="timed rounds each")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
     parser.add_argument(
         "--baseline",
-        default="folded",
+        default=None,
         choices=("folded", "module"),
-        help="folded: the original with BN folded (default, as the paper); module: as built",
+        help="folded: the original with BN folded (default, as the paper); module: as built "
+        "(a diffusion UNet has no BN: its baseline is always the module)",
     )
     parser.add_argument(
         "--tables", default=None, metavar="DIR", help="also show the table's predicted speed-up"
@@ -66,10 +82,60 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="heap: keep freed memory in glibc's heap, so large activations cost no page "
         "faults (see core.benchmark.use_heap_allocator); default: as the process starts",
     )
+    unet = parser.add_argument_group("diffusion UNets only")
+    unet.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help=f"images per timed DDIM sampling run (default {UNET_SAMPLES})",
+    )
+    unet.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=None,
+        help=f"DDIM steps per sampling run (default {UNET_SAMPLING_STEPS})",
+    )
+    unet.add_argument(
+        "--sampling-repeats",
+        type=int,
+        default=None,
+        help=f"alternating timed sampling runs per UNet; 0 skips (default {UNET_SAMPLING_REPEATS})",
+    )
+    unet.add_argument(
+        "--fd",
+        action="store_true",
+        help="also sample --fd-samples images from each UNet and report their digits Fréchet "
+        "distance to the test split (costs a minute or more)",
+    )
+    unet.add_argument(
+        "--fd-samples",
+        type=int,
+        default=None,
+        help=f"images per UNet for --fd (default {UNET_FD_SAMPLES})",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    unet_options = ("samples", "sampling_steps", "sampling_repeats", "fd_samples")
+    if is_diffusion(args):
+        if args.baseline == "folded":
+            raise LayerMergeError(
+                "--baseline folded: a diffusion UNet has no BatchNorm to fold; its baseline is "
+                "the module as built"
+            )
+        defaults = (UNET_SAMPLES, UNET_SAMPLING_STEPS, UNET_SAMPLING_REPEATS, UNET_FD_SAMPLES)
+        for name, default in zip(unet_options, defaults, strict=True):
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+        return diffusion_cmd.bench(args)
+    for name in unet_options:
+        if getattr(args, name) is not None:
+            raise LayerMergeError(f"--{name.replace('_', '-')} applies to diffusion UNets only")
+    if args.fd:
+        raise LayerMergeError("--fd applies to diffusion UNets only")
+    args.backend = args.backend or "both"
+    args.baseline = args.baseline or "folded"
     for name in ("batch", "rounds", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -131,6 +197,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_text(result: dict[str, Any]) -> str:
+    if result.get("kind") == "diffusion":
+        return diffusion_cmd.format_bench(result)
     shape = "x".join(str(v) for v in result["input_shape"])
     lines = [
         f"{result['model']} ({result['method']}, {result['solution']}) at {shape}: depth "

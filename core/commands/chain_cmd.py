@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from core.chain import trace_chain
+from core.commands import diffusion_cmd
 from core.commands.common import add_model_arguments, load_model
+from core.commands.diffusion_cmd import is_diffusion
 from core.segments import find_segments
 
 __all__ = ["add_parser", "run", "format_text"]
@@ -24,6 +26,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if is_diffusion(args):
+        return diffusion_cmd.chain(args)
     bundle = load_model(args)
     chain = trace_chain(bundle.model, bundle.input_size)
     segments = find_segments(chain)
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_text(result: dict[str, Any]) -> str:
+    if result.get("kind") == "diffusion":
+        return diffusion_cmd.format_chain(result)
     lines = [
         f"{result['model']} at {result['input_size']}x{result['input_size']}: "
         f"{len(result['convs'])} convs, positions 0..{result['last_position']}",

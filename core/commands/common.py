@@ -15,7 +15,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, weights: bool = True
         "model",
         metavar="MODEL",
         help="registry name (resnet18, resnet34, resnet50, mobilenet_v2, digits_resnet, "
-        "digits_mobilenet) or module:function for your own architecture",
+        "digits_mobilenet), module:function for your own architecture, or a diffusion UNet: "
+        "digits_unet or diffusers:PATH (a local diffusers UNet2DModel folder)",
     )
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (MobileNetV2)")
     parser.add_argument(
@@ -25,8 +26,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, weights: bool = True
         parser.add_argument(
             "--weights",
             default=None,
-            help="a state_dict file (loaded with weights_only=True); default: seeded initial "
-            "weights, or the shipped weights of a demo model",
+            help="a state_dict file (loaded with weights_only=True), or for digits_unet a "
+            "diffusers folder; default: seeded initial weights, or the shipped weights of a "
+            "demo model",
         )
 
 

@@ -16,7 +16,9 @@ import torch
 
 from core import export
 from core.chain import Chain, trace_chain
+from core.commands import diffusion_cmd
 from core.commands.common import add_model_arguments, load_model
+from core.commands.diffusion_cmd import is_diffusion
 from core.errors import LayerMergeError
 from core.export import jsonable, network_metrics
 from core.finetune import evaluate, load_finetune_checkpoint
@@ -48,19 +50,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--finetuned",
         default=None,
         metavar="DIR_OR_FILE",
-        help="a finetune --out directory or its checkpoint.pt: use the finetuned weights",
+        help="a finetune --out directory or its checkpoint.pt (diffusion UNets: its "
+        "finetuned.pt): use the finetuned weights",
     )
-    parser.add_argument("--onnx", default=None, metavar="FILE", help="also export ONNX here")
+    parser.add_argument(
+        "--onnx",
+        default=None,
+        metavar="FILE",
+        help="also export ONNX here (diffusion UNets: inputs sample and timestep)",
+    )
     parser.add_argument(
         "--data",
         default=None,
         metavar="SPEC",
-        help="measure test accuracy before and after on this dataset (e.g. digits)",
+        help="measure test accuracy before and after on this dataset (e.g. digits; diffusion "
+        "UNets: the holdout ε-loss)",
     )
     return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if is_diffusion(args):
+        return diffusion_cmd.compress(args)
     bundle, chain, solution = prepare(args)
     training = build_training_network(bundle.model, chain, solution)
     finetuned_from, finetune_info = None, {}
@@ -120,6 +131,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_text(result: dict[str, Any]) -> str:
+    if result.get("kind") == "diffusion":
+        return diffusion_cmd.format_compress(result)
     metrics = result["metrics"]
     original, compressed = metrics["original"], metrics["compressed"]
     lines = [

@@ -21,8 +21,11 @@ from typing import Any
 import torch
 
 from core import export
+from core.commands import diffusion_cmd
 from core.commands.common import add_model_arguments
 from core.commands.compress_cmd import CHECKPOINT_NAME, merge_error, prepare
+from core.commands.diffusion_cmd import is_diffusion
+from core.diffusion.finetune import UNetFinetuneConfig
 from core.errors import LayerMergeError
 from core.export import jsonable, network_metrics
 from core.finetune import (
@@ -40,6 +43,7 @@ __all__ = ["add_parser", "run", "format_text", "COMPRESSED_NAME", "METRICS_NAME"
 COMPRESSED_NAME = "compressed.pt"
 METRICS_NAME = "metrics.json"
 _DEFAULTS = FinetuneConfig()
+_UNET_DEFAULTS = UNetFinetuneConfig()
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -48,65 +52,124 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="finetune the training form of a solution, then merge and export it",
         description="Finetune the training-form network of SOLUTION on the finetune split of "
         "--data, with checkpoints in DIR (rerun the same command to resume), then merge it and "
-        "write DIR/compressed.pt and DIR/metrics.json.",
+        "write DIR/compressed.pt and DIR/metrics.json. A diffusion UNet trains with Adam on the "
+        "ε-prediction loss and writes DIR/finetuned.pt (its training form, for compress "
+        "--finetuned), DIR/compressed.pt and DIR/metrics.json, with the holdout ε-loss before "
+        "and after; it has no resumable checkpoint.",
     )
     add_model_arguments(parser)
     parser.add_argument("--solution", required=True, metavar="FILE", help="solution JSON")
     parser.add_argument("--data", required=True, metavar="SPEC", help="digits, folder:PATH, ...")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    # Defaults of None are filled in by kind (CNN: FinetuneConfig, UNet: UNetFinetuneConfig), so
+    # an option given for the wrong kind of model is refused instead of silently ignored.
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="passes over data")
-    length.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides)")
-    parser.add_argument("--optimizer", default=_DEFAULTS.optimizer, choices=("sgd", "adamw"))
-    parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="peak learning rate")
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
-    parser.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
-    parser.add_argument("--momentum", type=float, default=_DEFAULTS.momentum)
-    parser.add_argument(
-        "--warmup", type=float, default=_DEFAULTS.warmup_fraction, help="warm-up fraction"
+    length.add_argument(
+        "--epochs", type=int, default=None, help=f"passes over data (default {_DEFAULTS.epochs})"
     )
-    parser.add_argument("--label-smoothing", type=float, default=_DEFAULTS.label_smoothing)
+    length.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"optimizer steps (overrides; UNet default {_UNET_DEFAULTS.steps})",
+    )
+    parser.add_argument(
+        "--optimizer",
+        default=None,
+        choices=("sgd", "adamw"),
+        help=f"CNNs only (default {_DEFAULTS.optimizer}); UNets train with Adam",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate (default {_DEFAULTS.lr}; UNets {_UNET_DEFAULTS.lr})",
+    )
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    parser.add_argument(
+        "--weight-decay", type=float, default=None, help=f"default {_DEFAULTS.weight_decay}"
+    )
+    parser.add_argument(
+        "--momentum", type=float, default=None, help=f"default {_DEFAULTS.momentum}"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help=f"warm-up fraction of the steps (default {_DEFAULTS.warmup_fraction}; UNets 0)",
+    )
+    parser.add_argument(
+        "--label-smoothing", type=float, default=None, help=f"default {_DEFAULTS.label_smoothing}"
+    )
     parser.add_argument(
         "--distill",
         type=float,
-        default=_DEFAULTS.distill_alpha,
+        default=None,
         metavar="ALPHA",
-        help="weight of distillation from the original network (0 = off; Kim23 used 0.3)",
+        help="weight of distillation from the original network (0 = off, the default; Kim23 "
+        "used 0.3)",
     )
-    parser.add_argument("--temperature", type=float, default=_DEFAULTS.distill_temperature)
+    parser.add_argument(
+        "--temperature", type=float, default=None, help=f"default {_DEFAULTS.distill_temperature}"
+    )
     parser.add_argument("--grad-clip", type=float, default=None)
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    parser.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every)
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help=f"steps between checkpoints (default {_DEFAULTS.checkpoint_every})",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--restart", action="store_true", help="ignore an existing DIR/checkpoint.pt"
     )
     parser.add_argument("--onnx", action="store_true", help="also write DIR/compressed.onnx")
+    unet = parser.add_argument_group("diffusion UNets only")
+    unet.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="keep an exponential moving average of the weights (e.g. 0.999) and save it",
+    )
+    unet.add_argument(
+        "--eval-every", type=int, default=None, help="steps between holdout ε-loss evaluations"
+    )
+    unet.add_argument(
+        "--cosine", action="store_true", help="cosine learning-rate decay (default: constant)"
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if is_diffusion(args):
+        return diffusion_cmd.finetune(args)
     if args.threads is not None:
         if args.threads < 1:
             raise LayerMergeError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
+    for flag, value in (("--ema-decay", args.ema_decay), ("--eval-every", args.eval_every)):
+        if value is not None:
+            raise LayerMergeError(f"{flag} applies to diffusion UNets only")
+    if args.cosine:
+        raise LayerMergeError("--cosine applies to diffusion UNets only (CNNs always use it)")
     config = FinetuneConfig(
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        momentum=args.momentum,
-        epochs=args.epochs if args.steps is None else _DEFAULTS.epochs,
+        optimizer=_given(args.optimizer, _DEFAULTS.optimizer),
+        lr=_given(args.lr, _DEFAULTS.lr),
+        weight_decay=_given(args.weight_decay, _DEFAULTS.weight_decay),
+        momentum=_given(args.momentum, _DEFAULTS.momentum),
+        epochs=_given(args.epochs, _DEFAULTS.epochs),
         steps=args.steps,
         batch_size=args.batch_size,
-        warmup_fraction=args.warmup,
-        label_smoothing=args.label_smoothing,
-        distill_alpha=args.distill,
-        distill_temperature=args.temperature,
+        warmup_fraction=_given(args.warmup, _DEFAULTS.warmup_fraction),
+        label_smoothing=_given(args.label_smoothing, _DEFAULTS.label_smoothing),
+        distill_alpha=_given(args.distill, _DEFAULTS.distill_alpha),
+        distill_temperature=_given(args.temperature, _DEFAULTS.distill_temperature),
         grad_clip=args.grad_clip,
         seed=args.seed,
         device=args.device,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=_given(args.checkpoint_every, _DEFAULTS.checkpoint_every),
     )
     resolve_device(config.device)  # refuse cuda without CUDA before any work
     bundle, chain, solution = prepare(args)
@@ -212,6 +275,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_text(result: dict[str, Any]) -> str:
+    if result.get("kind") == "diffusion":
+        return diffusion_cmd.format_finetune(result)
     metrics = result["metrics"]
     lines = [
         f"{result['model']} finetuned for {result['method']} ({result['solution']}): "
@@ -240,6 +305,10 @@ def format_text(result: dict[str, Any]) -> str:
     if result["onnx"]:
         lines.append(f"ONNX written to {result['onnx']}")
     return "\n".join(lines)
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from core.chain import trace_chain
+from core.commands import diffusion_cmd
 from core.commands.common import add_model_arguments, load_model, progress_printer
+from core.commands.diffusion_cmd import is_diffusion
 from core.importance import MODES, NORMALIZATIONS, ImportanceConfig, estimate_importance
 
 __all__ = ["add_parser", "run", "format_text"]
@@ -24,7 +26,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_model_arguments(parser)
     parser.add_argument(
-        "--data", required=True, metavar="SPEC", help="digits | folder:PATH | cifar10:PATH"
+        "--data",
+        required=True,
+        metavar="SPEC",
+        help="digits | folder:PATH | cifar10:PATH (diffusion UNets: digits)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="table directory")
     parser.add_argument("--jobs", type=int, default=1, help="local worker processes (default 1)")
@@ -38,10 +43,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--mode", default="finetune", help=f"{' | '.join(MODES)} (default finetune)"
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="finetune steps per entry (default: 1/4 epoch)"
+        "--steps",
+        type=int,
+        default=None,
+        help="finetune steps per entry (default: 1/4 epoch; diffusion UNets: 60, 0 scores the "
+        "unfinetuned networks)",
     )
     parser.add_argument(
-        "--lr", type=float, default=None, help="peak SGD lr (default: 0.1 x batch size / 256)"
+        "--lr",
+        type=float,
+        default=None,
+        help="peak SGD lr (default: 0.1 x batch size / 256; diffusion UNets: Adam, 2e-4)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="finetune batch (default 64)")
     parser.add_argument(
@@ -74,6 +86,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if is_diffusion(args):
+        return diffusion_cmd.importance(args)
     config = ImportanceConfig(
         mode=args.mode,
         steps=args.steps,
@@ -122,6 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_text(result: dict[str, Any]) -> str:
+    if result.get("kind") == "diffusion":
+        return diffusion_cmd.format_importance(result)
     settings = result.get("settings") or {}
     lines = [
         f"{result['model']} on {result['data']}: {result['mode']} importance "

@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from core.chain import trace_chain
+from core.commands import diffusion_cmd
 from core.commands.common import add_model_arguments, load_model, progress_printer
+from core.commands.diffusion_cmd import is_diffusion
 from core.latency import (
     DEFAULT_MIN_RUN_TIME_S,
     DEVICES,
@@ -55,6 +57,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if is_diffusion(args):
+        return diffusion_cmd.profile(args)
     config = LatencyConfig(
         batch=args.batch,
         backend=args.backend,
@@ -99,6 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_text(result: dict[str, Any]) -> str:
+    if result.get("kind") == "diffusion":
+        return diffusion_cmd.format_profile(result)
     lines = [
         f"{result['model']} at {result['input_size']}x{result['input_size']}, batch "
         f"{result['batch']}, {result['backend']} on {result['device']} with {result['threads']} "
