@@ -144,6 +144,12 @@ def trace_unet(unet: nn.Module, *, batch: int = 1) -> UNetChain:
         unet.eval()
         with torch.no_grad():
             unet(torch.zeros(batch, channels, *size_hw), torch.zeros(batch, dtype=torch.long))
+    except (RuntimeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise UnsupportedLayerError(
+            f"the UNet does not run on a {channels}x{size_hw[0]}x{size_hw[1]} sample (its "
+            f"sample_size must divide by 2 per down block): {detail}"
+        ) from exc
     finally:
         for hook in hooks:
             hook.remove()

@@ -36,7 +36,7 @@ from core.diffusion.finetune import UNetFinetuneConfig, finetune_unet
 from core.diffusion.loss import epsilon_loss
 from core.diffusion.surgery import build_unet_training_network
 from core.diffusion.unet import UNetBundle
-from core.errors import LayerMergeError
+from core.errors import LayerMergeError, TableMismatchError
 from core.importance import entry_seed, entry_solution
 from core.tables import TableEntry, read_meta, write_importance_csv, write_meta
 
@@ -61,6 +61,12 @@ class UNetImportanceConfig:
             raise LayerMergeError(f"importance steps must be an integer >= 0, got {self.steps!r}")
         if not (isinstance(self.lr, int | float) and 0 < self.lr < 1):
             raise LayerMergeError(f"importance lr must be in (0, 1), got {self.lr!r}")
+        if self.holdout_images is not None and (
+            not isinstance(self.holdout_images, int) or self.holdout_images < 1
+        ):
+            raise LayerMergeError(
+                f"holdout images must be a positive integer or None, got {self.holdout_images!r}"
+            )
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise LayerMergeError(f"batch size must be a positive integer, got {self.batch_size!r}")
 
@@ -148,6 +154,8 @@ def estimate_unet_importance(
         "importance_seconds": time.perf_counter() - started,
         "base_loss": base_loss,
         "finetuned_original_loss": reference,
+        "importance_weights_digest": bundle.weights_digest,
+        "importance_chain_digest": uchain.digest(),
         "data": data.name,
         "data_digest": data.digest,
         "importance_created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -155,8 +163,13 @@ def estimate_unet_importance(
     if out is not None:
         directory = Path(out)
         directory.mkdir(parents=True, exist_ok=True)
-        write_importance_csv(directory / "importance.csv", scored)
         existing = read_meta(directory) if (directory / "meta.json").is_file() else {}
+        if existing.get("chain_digest", uchain.digest()) != uchain.digest():
+            raise TableMismatchError(
+                f"{directory} holds the latency table of another UNet (chain "
+                f"{existing['chain_digest']}, this one {uchain.digest()}); use another directory"
+            )
+        write_importance_csv(directory / "importance.csv", scored)
         write_meta(directory, {**existing, **meta})
     return tuple(scored), meta
 

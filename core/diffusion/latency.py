@@ -38,7 +38,7 @@ from core.latency import (
     time_module,
 )
 from core.segments import KernelOption, Segment
-from core.tables import TableEntry, file_digest, write_latency_csv, write_meta
+from core.tables import TableEntry, file_digest, read_meta, write_latency_csv, write_meta
 
 __all__ = ["UNetForward", "entry_module", "measure_unet_latency", "time_unet"]
 
@@ -55,7 +55,9 @@ class UNetForward(nn.Module):
         self.timestep = timestep
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        steps = torch.full((sample.shape[0],), self.timestep, dtype=torch.long)
+        steps = torch.full(
+            (sample.shape[0],), self.timestep, dtype=torch.long, device=sample.device
+        )
         return self.unet(sample, steps).sample
 
 
@@ -164,6 +166,18 @@ def measure_unet_latency(
     if out is not None:
         directory = Path(out)
         directory.mkdir(parents=True, exist_ok=True)
+        existing = read_meta(directory) if (directory / "meta.json").is_file() else {}
+        if (
+            existing.get("chain_digest") == meta["chain_digest"]
+            and existing.get("weights_digest") == meta["weights_digest"]
+        ):
+            # the importance table of the same UNet stays valid: keep its metadata
+            meta = {**{k: v for k, v in existing.items() if k.startswith("importance")}, **meta}
+            for key in ("base_loss", "finetuned_original_loss", "data", "data_digest"):
+                if key in existing:
+                    meta[key] = existing[key]
+        elif (directory / "importance.csv").exists():
+            (directory / "importance.csv").unlink()  # made for another UNet: stale
         write_latency_csv(directory / "latency.csv", entries)
         meta["latency_csv_digest"] = file_digest(directory / "latency.csv")
         write_meta(directory, meta)

@@ -126,6 +126,10 @@ def build_unet(name: str, *, weights: str | Path | None = None) -> UNetBundle:
         UnsafeCheckpointError: weights that cannot be read safely.
     """
     if name.startswith(DIFFUSERS_FOLDER_PREFIX):
+        if weights is not None:
+            raise LayerMergeError(
+                f"{name} is a diffusers folder with its own weights; pass no separate weights"
+            )
         path = Path(name[len(DIFFUSERS_FOLDER_PREFIX) :]).expanduser()
         model, config, source = load_unet_folder(path)
         return UNetBundle(model, name, config, "folder", source, unet_state_digest(model))
@@ -176,7 +180,13 @@ def load_unet_folder(path: Path) -> tuple[nn.Module, dict[str, Any], Path]:
     if weights is None:
         raise LayerMergeError(f"{path} has no weights file ({' or '.join(WEIGHT_FILES)})")
     state = _read_weights(weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        detail = " ".join(str(exc).split())[:300]
+        raise LayerMergeError(
+            f"weights in {weights} do not fit the UNet of {config_path}: {detail}"
+        ) from exc
     if missing or unexpected:
         raise LayerMergeError(
             f"weights in {weights} do not fit the UNet of {config_path}: "
