@@ -55,7 +55,13 @@ def curves(job: jobs.Job) -> None:
 st.title("Finetune")
 job = jobs.registry().get(shared.job_id("finetune"))
 if job is not None and job.config.get("model_kind") == "unet":  # ε-loss and samples, no resume
-    tasks.job_panel(job, "finetune", cancel_label="Cancel", extra=diffusion.finetune_extra)
+    tasks.job_panel(
+        job,
+        "finetune",
+        cancel_label="Cancel",
+        extra=diffusion.finetune_extra,
+        stopped_note="start it again below.",
+    )
 elif job is not None:
     tasks.job_panel(job, "finetune", cancel_label="Cancel (a checkpoint is kept)", extra=curves)
     if job.status == "cancelled" and st.button("Resume from the checkpoint", key="resume_finetune"):

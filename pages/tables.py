@@ -53,8 +53,10 @@ st.title("Latency and importance tables")
 job = jobs.registry().get(shared.job_id("tables"))
 unet = diffusion.is_unet()
 if job is not None and (job.active or job.status in ("failed", "cancelled")):
-    label = "Stop" if unet else "Stop (finished entries are kept)"
-    tasks.job_panel(job, "tables", cancel_label=label)
+    if unet:  # UNet tables are written whole: a stopped run starts again
+        tasks.job_panel(job, "tables", cancel_label="Stop", stopped_note="start it again below.")
+    else:
+        tasks.job_panel(job, "tables", cancel_label="Stop (finished entries are kept)")
 used = shared.tables_in_use()
 if used is None:
     saved = (

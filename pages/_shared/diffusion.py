@@ -51,6 +51,7 @@ from pages import _shared as shared
 from pages._shared import figures
 from pages._shared.jobs import Job, registry
 from pages._shared.tasks import progress_reporter
+from pages._shared.views import solution_rows as generic_solution_rows
 
 __all__ = [
     "DEMO_UNET_NAME",
@@ -199,7 +200,8 @@ def merged_grid(solution: Solution) -> np.ndarray:
 def show_grid(grid: np.ndarray, caption: str, *, where: Any = st) -> None:
     """Draw a greyscale grid, scaled up with square pixels so the digits stay sharp."""
     scale = max(1, round(GRID_WIDTH_PX / grid.shape[1]))
-    where.image(np.kron(grid, np.ones((scale, scale), dtype=np.uint8)), caption=caption)
+    scaled = np.kron(grid, np.ones((scale, scale), dtype=np.uint8))  # (H * scale, W * scale)
+    where.image(scaled, caption=caption, width=int(scaled.shape[1]))
 
 
 def _grid_caption(what: str, steps: int = DEFAULT_SAMPLING_STEPS) -> str:
@@ -245,9 +247,7 @@ def model_overview() -> None:
 
 def solution_rows(solution: Solution) -> pd.DataFrame:
     """The merged layers of a UNet solution (views.solution_rows, activations named as a UNet's)."""
-    from pages._shared.views import solution_rows as rows
-
-    frame = rows(solution, unet_chain().chain)
+    frame = generic_solution_rows(solution, unet_chain().chain)
     inner = {b.conv1 for b in unet_chain().blocks}
     frame["activation after"] = [
         "GroupNorm → SiLU" if seg.end in inner else "— (block output)" for seg in solution.segments
@@ -674,11 +674,12 @@ def finetune_extra(job: Job) -> None:
             show_grid(result["grids"][name], _grid_caption(what, steps))
     if result["fd"]:
         fd = result["fd"]
+        st.markdown(f"**{FD_LABEL}**, lower is better")
         cols = st.columns(3)
-        cols[0].metric(f"{FD_LABEL}, original", f"{fd['original']:.4g}")
-        cols[1].metric(f"{FD_LABEL}, before finetuning", f"{fd['before']:.4g}")
+        cols[0].metric("digits-FD, original", f"{fd['original']:.4g}")
+        cols[1].metric("digits-FD, before finetuning", f"{fd['before']:.4g}")
         cols[2].metric(
-            f"{FD_LABEL}, finetuned",
+            "digits-FD, finetuned",
             f"{fd['after']:.4g}",
             f"{fd['after'] - fd['before']:+.4g}",
             delta_color="inverse",

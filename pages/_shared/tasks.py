@@ -161,9 +161,17 @@ def start_finetune(
 
 
 def job_panel(
-    job: Job, kind: str, *, cancel_label: str, extra: Callable[[Job], None] | None = None
+    job: Job,
+    kind: str,
+    *,
+    cancel_label: str,
+    extra: Callable[[Job], None] | None = None,
+    stopped_note: str = "its finished work is saved.",
 ) -> None:
-    """A live view of ``job``: polled every second while it runs, by a fragment."""
+    """A live view of ``job``: polled every second while it runs, by a fragment.
+
+    ``stopped_note`` ends the message shown once the job was stopped (what is kept of it).
+    """
     seen = f"{kind}_job_seen_running"
 
     @st.fragment(run_every=1.0 if job.active else None)
@@ -183,8 +191,7 @@ def job_panel(
             st.error(f"{current.title} failed: {(current.error or '').splitlines()[0]}")
         elif current.status == "cancelled":
             st.warning(
-                f"{current.title} was stopped at {current.done}/{current.total}; "
-                "its finished work is saved."
+                f"{current.title} was stopped at {current.done}/{current.total}; {stopped_note}"
             )
         if extra is not None:
             extra(current)

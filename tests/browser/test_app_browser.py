@@ -11,6 +11,7 @@ LAYERMERGE_UPDATE_SCREENSHOT=1.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -153,4 +154,50 @@ def test_budget_slider_moves_the_solution(browser: object, server: str, tmp_path
     if not SCREENSHOT.exists() or os.environ.get("LAYERMERGE_UPDATE_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+    page.close()
+
+
+def test_budget_page_renders_for_the_diffusion_demo(
+    browser: object, server: str, tmp_path: Path
+) -> None:
+    """digits_unet chosen in the browser: its samples, then the Budget page with its own tables."""
+    from core.diffusion.chain import trace_unet
+    from core.diffusion.data import load_diffusion_data
+    from core.diffusion.importance import UNetImportanceConfig, estimate_unet_importance
+    from core.diffusion.latency import measure_unet_latency
+    from core.diffusion.unet import build_unet
+    from core.latency import LatencyConfig
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(server)
+    _wait_idle(page)
+    page.get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="digits_unet").click()
+    page.get_by_role("button", name="Use this model").click()
+    _wait_idle(page)
+    page.get_by_test_id("stImage").first.wait_for(timeout=120_000)  # the sample grid
+    page.get_by_role("link", name="Tables").click()
+    _wait_idle(page)
+    page.get_by_role("heading", name="Latency and importance tables").wait_for(timeout=60_000)
+    missing = page.get_by_text("No tables for digits_unet")
+    if missing.count():  # none ship that fit its weights: tiny ones where the app looks
+        out = Path(re.search(r"\(written to (.+)\)\.", missing.first.inner_text()).group(1))
+        bundle = build_unet("digits_unet")
+        uchain = trace_unet(bundle.model)
+        timing = LatencyConfig(batch=2, min_run_time=0.01, warmup_runs=0)
+        measure_unet_latency(bundle, uchain, timing, out=out)
+        importance = UNetImportanceConfig(steps=0, holdout_images=16)
+        estimate_unet_importance(bundle, uchain, load_diffusion_data("digits"), importance, out=out)
+    page.get_by_role("link", name="Budget").click()
+    _wait_idle(page)
+    page.get_by_role("heading", name="Latency budget").wait_for(timeout=60_000)
+    page.get_by_role("slider").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Measure and sample the merged UNet").click()
+    _wait_idle(page)
+    page.get_by_test_id("stImage").nth(1).wait_for(timeout=120_000)  # original and merged grids
+    assert page.get_by_test_id("stException").count() == 0
+    page.wait_for_timeout(1000)  # plotly finishes drawing
+    shot = tmp_path / "budget_unet.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
     page.close()
