@@ -260,6 +260,10 @@ def solution_rows(solution: Solution) -> pd.DataFrame:
 
 def tables_form() -> None:
     """The UNet's table settings; the work runs in a background job (:func:`start_tables`)."""
+    problem = _digits_problem(unet_bundle())
+    if problem is not None:
+        st.warning(f"No tables can be computed here: {problem}.")
+        return
     with st.form("unet_tables_form"):
         cols = st.columns(5)
         cols[0].number_input("Batch (images per timed call)", 1, 512, 16, key="unet_tables_batch")
@@ -340,13 +344,21 @@ def start_tables(
     return job
 
 
+def _digits_problem(bundle: UNetBundle) -> str | None:
+    """Why the bundled digits cannot train ``bundle`` (importance, finetuning), or None."""
+    if bundle.in_channels == 1:
+        return None
+    return (
+        f"{bundle.name} takes {bundle.in_channels}-channel images, and the only diffusion data "
+        "so far is the bundled digits (1 channel): importance and finetuning need images it can "
+        "learn from"
+    )
+
+
 def _check_digits_fit(bundle: UNetBundle) -> None:
-    if bundle.in_channels != 1:
-        raise LayerMergeError(
-            f"{bundle.name} takes {bundle.in_channels}-channel images, and the only diffusion "
-            "data so far is the bundled digits (1 channel): importance and finetuning need "
-            "images it can learn from"
-        )
+    problem = _digits_problem(bundle)
+    if problem is not None:
+        raise LayerMergeError(problem)
 
 
 # ----------------------------------------------------------------------------- Budget page
@@ -456,6 +468,10 @@ def measure_panel(solution: Solution, used: shared.TablesInUse) -> None:
 def finetune_form(solution: Solution) -> None:
     """What the finetune of a UNet solution runs with; starts it in the background."""
     which = shared.choice()
+    problem = _digits_problem(unet_bundle())
+    if problem is not None:
+        st.warning(f"This UNet cannot be finetuned here: {problem}.")
+        return
     st.markdown(
         f"Finetune **{solution.method}** at {solution.latency_ms:.4g} ms ({len(solution.segments)} "
         f"segments) of {which.label} on the **digits** with the ε-prediction loss. The training "
@@ -797,4 +813,7 @@ def export_panel(solution: Solution) -> None:
         "tensors: torch.load(weights_only=True) reads it, and core.export.load(path) rebuilds "
         "the merged UNet as an ordinary nn.Module (call it as unet(x, t).sample)."
     )
-    st.info("ONNX export is not supported for diffusion UNets yet; the .pt checkpoint is.")
+    st.info(
+        "ONNX export is not supported for diffusion UNets on this page yet: download the .pt "
+        "checkpoint (the command line's `python -m core compress … --onnx FILE` writes ONNX)."
+    )
