@@ -35,6 +35,7 @@ from core.diffusion.importance import UNetImportanceConfig, estimate_unet_import
 from core.diffusion.latency import UNetForward, measure_unet_latency
 from core.diffusion.loss import epsilon_loss
 from core.diffusion.merge import merge_unet
+from core.diffusion.quality import digits_fd
 from core.diffusion.sampling import DEFAULT_SAMPLING_STEPS, ddim_sample, sample_grid
 from core.diffusion.unet import (
     DEMO_UNET_NAME,
@@ -114,7 +115,11 @@ def folder_model_name(text: str) -> str:
             "give the path of a diffusers UNet2DModel folder (config.json and "
             f"{' or '.join(WEIGHT_FILES)})"
         )
-    return DIFFUSERS_FOLDER_PREFIX + str(Path(text).expanduser().resolve())
+    try:
+        folder = Path(text).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a symlink loop, no $HOME
+        raise LayerMergeError(f"{text!r} is not a usable folder path ({exc})") from exc
+    return DIFFUSERS_FOLDER_PREFIX + str(folder)
 
 
 def unet_choice(name: str, *, upload: Any, data_kind: str) -> shared.ModelChoice:
@@ -589,8 +594,6 @@ def start_finetune(
             )
             grids[name] = sample_grid(images[:SAMPLES], GRID_ROWS)
             if fd is not None:
-                from core.diffusion.quality import digits_fd
-
                 job.stage = "digits-FD"
                 fd[name] = digits_fd(images[:fd_samples])
         return {
