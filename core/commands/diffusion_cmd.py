@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.diffusion.onnx_export import export_unet_onnx, merge_error
 from core.diffusion.unet import is_unet_name
 from core.errors import LayerMergeError, TableMismatchError, UnsafeCheckpointError
 
@@ -57,9 +58,7 @@ __all__ = [
 FINETUNED_NAME = "finetuned.pt"  # the training-form checkpoint inside a finetune --out directory
 COMPRESSED_NAME = "compressed.pt"
 ONNX_NAME = "compressed.onnx"
-ONNX_TOLERANCE = 1e-4  # largest relative difference between ONNX Runtime and torch accepted
 METRICS_NAME = "metrics.json"
-MERGE_CHECK_TIMESTEPS = (10, 500)  # the timesteps of the merged-vs-training-form check
 KIND = "diffusion"
 
 
@@ -556,7 +555,7 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         out / FINETUNED_NAME,
     )
     merged = merge_unet(training)
-    error = merge_error(training, merged, uchain)
+    error = merge_error(training, merged, uchain.chain.input_shape)
     metrics["merge_max_relative_error"] = error
     metrics["eps_loss_merged"] = epsilon_loss(merged, data.holdout)
     metrics["original"] = network_summary(bundle.model, uchain)
@@ -575,7 +574,9 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
     )
     onnx_path = None
     if args.onnx:
-        onnx_path = _write(lambda: export_unet_onnx(merged, out / ONNX_NAME, uchain), out)
+        onnx_path = _write(
+            lambda: export_unet_onnx(merged, out / ONNX_NAME, uchain.chain.input_shape), out
+        )
     summary = {
         "kind": KIND,
         "model": bundle.name,
@@ -686,7 +687,7 @@ def compress(args: argparse.Namespace) -> dict[str, Any]:
             if k.startswith(("eps_loss", "finetune_")) and k != "eps_loss_merged"
         }
         merged = merge_unet(training)
-    error = merge_error(training, merged, uchain)
+    error = merge_error(training, merged, uchain.chain.input_shape)
     metrics: dict[str, Any] = {
         "original": network_summary(bundle.model, uchain),
         "predicted_latency_ms": solution.latency_ms,
@@ -716,7 +717,9 @@ def compress(args: argparse.Namespace) -> dict[str, Any]:
     )
     onnx_path = None
     if args.onnx:
-        onnx_path = _write(lambda: export_unet_onnx(merged, args.onnx, uchain), args.onnx)
+        onnx_path = _write(
+            lambda: export_unet_onnx(merged, args.onnx, uchain.chain.input_shape), args.onnx
+        )
     return {
         "kind": KIND,
         "model": bundle.name,
@@ -963,100 +966,7 @@ def _time_sampling_side_by_side(
     }
 
 
-# --------------------------------------------------------------------------- ONNX
-
-
-class _SampleTimestep(nn.Module):
-    """``unet(sample, timestep).sample``: the two-input form ONNX is exported from."""
-
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep).sample
-
-
-def export_unet_onnx(unet: nn.Module, path: str | Path, uchain: Any) -> Path:
-    """Export a (merged) UNet to ONNX and check ONNX Runtime against torch.
-
-    The graph takes ``sample`` (B, C, H, W) float32 and ``timestep`` (B,) int64, with a dynamic
-    batch, and returns the predicted noise ``noise`` (B, C, H, W). Written atomically.
-
-    Raises:
-        LayerMergeError: export fails, or ONNX Runtime differs from torch by more than
-            :data:`ONNX_TOLERANCE` (relative).
-    """
-    import copy
-    import io
-    import os
-    import warnings
-
-    import onnxruntime as ort
-
-    path = Path(path)
-    module = _SampleTimestep(copy.deepcopy(unet).cpu().eval()).eval()
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn((2, *uchain.chain.input_shape), generator=generator)
-    timestep = torch.tensor(MERGE_CHECK_TIMESTEPS, dtype=torch.long)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                module,
-                (sample, timestep),
-                buffer,
-                dynamo=False,
-                input_names=["sample", "timestep"],
-                output_names=["noise"],
-                opset_version=17,
-                dynamic_axes={
-                    "sample": {0: "batch"},
-                    "timestep": {0: "batch"},
-                    "noise": {0: "batch"},
-                },
-            )
-        except Exception as exc:  # the exporter raises many types
-            raise LayerMergeError(
-                f"cannot export the UNet to ONNX: {type(exc).__name__}: {exc}"
-            ) from exc
-    data = buffer.getvalue()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    check = torch.randn((3, *uchain.chain.input_shape), generator=generator)
-    steps = torch.tensor([0, 250, 999], dtype=torch.long)
-    got = session.run(None, {"sample": check.numpy(), "timestep": steps.numpy()})[0]
-    with torch.no_grad():
-        expected = module(check, steps)
-    error = float(
-        (expected - torch.from_numpy(got)).abs().max() / expected.abs().max().clamp_min(1e-12)
-    )
-    if not error <= ONNX_TOLERANCE:
-        raise LayerMergeError(
-            f"ONNX Runtime differs from torch by {error:.1e} (relative) on the exported UNet"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 # --------------------------------------------------------------------------- shared helpers
-
-
-@torch.no_grad()
-def merge_error(training: nn.Module, merged: nn.Module, uchain: Any) -> float:
-    """Largest relative difference between the training form and the merged UNet (eval)."""
-    shape = (len(MERGE_CHECK_TIMESTEPS), *uchain.chain.input_shape)
-    sample = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    timesteps = torch.tensor(MERGE_CHECK_TIMESTEPS, dtype=torch.long)
-    reference = training.eval()(sample, timesteps).sample
-    got = merged.eval()(sample, timesteps).sample
-    return float((reference - got).abs().max() / reference.abs().max().clamp_min(1e-12))
 
 
 def network_summary(network: nn.Module, uchain: Any) -> dict[str, Any]:
