@@ -76,8 +76,8 @@ class UNetFinetuneConfig:
                 self.batch_size,
             ),
             (
-                _int(self.seed) and self.seed >= 0,
-                "seed must be a non-negative integer",
+                _int(self.seed) and 0 <= self.seed < 2**63,
+                "seed must be an integer in [0, 2**63)",
                 self.seed,
             ),
             (
