@@ -50,6 +50,7 @@ __all__ = [
     "save",
     "load",
     "load_checkpoint_dict",
+    "read_untrusted_checkpoint",
     "network_from_checkpoint",
     "build_network",
     "check_network_state",
@@ -201,21 +202,29 @@ def load_checkpoint_dict(source: str | Path | bytes) -> dict[str, Any]:
             of another format or version, lacks a key, holds a value of the wrong type, or its
             spec or tensors are invalid.
     """
-    name = "the given bytes" if isinstance(source, bytes | bytearray) else str(source)
-    if isinstance(source, bytes | bytearray):
-        loaded = safe_torch_load(io.BytesIO(bytes(source)), name)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            raise UnsafeCheckpointError(f"checkpoint {path} {what}")
-        try:
-            with path.open("rb") as handle:
-                loaded = safe_torch_load(handle, name)
-        except OSError as exc:
-            raise UnsafeCheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+    loaded, name = read_untrusted_checkpoint(source)
     _validate_checkpoint(loaded, name)
     return loaded
+
+
+def read_untrusted_checkpoint(source: str | Path | bytes) -> tuple[Any, str]:
+    """``torch.load(weights_only=True)`` of a file or its bytes, and how to name it in errors.
+
+    Raises:
+        UnsafeCheckpointError: missing, unreadable, or it would need unsafe unpickling.
+    """
+    name = "the given bytes" if isinstance(source, bytes | bytearray) else str(source)
+    if isinstance(source, bytes | bytearray):
+        return safe_torch_load(io.BytesIO(bytes(source)), name), name
+    path = Path(source)
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise UnsafeCheckpointError(f"checkpoint {path} {what}")
+    try:
+        with path.open("rb") as handle:
+            return safe_torch_load(handle, name), name
+    except OSError as exc:
+        raise UnsafeCheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
 
 
 def load(source: str | Path | bytes) -> nn.Module:
@@ -232,21 +241,13 @@ def load(source: str | Path | bytes) -> nn.Module:
     Raises:
         UnsafeCheckpointError: see :func:`load_checkpoint_dict`.
     """
-    if _is_unet_checkpoint(source):
-        from core.diffusion.export import load_unet_checkpoint
+    loaded, name = read_untrusted_checkpoint(source)
+    if isinstance(loaded, dict) and loaded.get("format") == "layermerge-unet-compressed":
+        from core.diffusion.export import unet_from_checkpoint
 
-        return load_unet_checkpoint(source)
-    return network_from_checkpoint(load_checkpoint_dict(source))
-
-
-def _is_unet_checkpoint(source: str | Path | bytes) -> bool:
-    """Peek at the format: compressed diffusion UNets have their own loader."""
-    try:
-        data = bytes(source) if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
-        loaded = safe_torch_load(io.BytesIO(data), "checkpoint")
-    except (OSError, UnsafeCheckpointError):
-        return False  # load_checkpoint_dict reports the problem
-    return isinstance(loaded, dict) and loaded.get("format") == "layermerge-unet-compressed"
+        return unet_from_checkpoint(loaded, name=name)
+    _validate_checkpoint(loaded, name)
+    return network_from_checkpoint(loaded)
 
 
 def network_from_checkpoint(checkpoint: Mapping[str, Any]) -> StepNetwork:

@@ -29,6 +29,7 @@ from core.commands.compress_cmd import prepare
 from core.commands.diffusion_cmd import is_diffusion
 from core.errors import LayerMergeError
 from core.merge import merge_model
+from core.solution import Solution
 from core.tables import read_meta
 
 __all__ = ["add_parser", "run", "format_text"]
@@ -165,21 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     predicted = None
     if args.tables:
         meta = read_meta(args.tables)
-        original_table = float(meta.get("original_table_latency_ms", 0.0))
-        network = meta.get("network_latency_ms")
-        predicted = {
-            "table_latency_ms": solution.latency_ms,
-            "original_table_latency_ms": original_table,
-            "network_latency_ms": network,
-            "speedup": predicted_speedup(
-                solution.latency_ms,
-                original_table,
-                network_latency_ms=float(network) if network else None,
-            ),
-            "table_batch": meta.get("batch"),
-            "table_backend": meta.get("backend"),
-            "table_threads": meta.get("threads"),
-        }
+        predicted = predicted_from_meta(meta, solution)
     return {
         "model": bundle.name,
         "weights": bundle.weights_note,
@@ -224,3 +211,22 @@ def format_text(result: dict[str, Any]) -> str:
         f"{result['allocator']}"
     )
     return "\n".join(lines)
+
+
+def predicted_from_meta(meta: dict[str, Any], solution: Solution) -> dict[str, Any]:
+    """What the tables predict for ``solution``: table latencies and the predicted speed-up."""
+    original_table = float(meta.get("original_table_latency_ms", 0.0))
+    network = meta.get("network_latency_ms")
+    return {
+        "table_latency_ms": solution.latency_ms,
+        "original_table_latency_ms": original_table,
+        "network_latency_ms": network,
+        "speedup": predicted_speedup(
+            solution.latency_ms,
+            original_table,
+            network_latency_ms=float(network) if network else None,
+        ),
+        "table_batch": meta.get("batch"),
+        "table_backend": meta.get("backend"),
+        "table_threads": meta.get("threads"),
+    }

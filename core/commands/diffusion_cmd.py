@@ -259,6 +259,7 @@ def _conv_roles(uchain: Any) -> dict[int, str]:
 
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     from core.commands.common import progress_printer
+    from core.commands.profile_cmd import slowest_rows
     from core.diffusion.latency import measure_unet_latency
     from core.latency import LatencyConfig, get_backend
 
@@ -283,7 +284,6 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     entries, meta = measure_unet_latency(
         bundle, uchain, config, out=out, progress=progress_printer("profile")
     )
-    slowest = sorted(entries, key=lambda e: -e.latency_ms)[:5]
     return {
         "kind": KIND,
         "out": args.out,
@@ -305,13 +305,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         "original_table_latency_ms": meta.get("original_table_latency_ms"),
         "network_latency_ms": meta.get("network_latency_ms"),
         "additivity_error": meta.get("additivity_error"),
-        "slowest": [
-            {
-                **dict(zip(("start", "end", "kernel", "depthwise", "stride"), e.key, strict=True)),
-                "latency_ms": e.latency_ms,
-            }
-            for e in slowest
-        ],
+        "slowest": slowest_rows(entries),
     }
 
 
@@ -775,7 +769,8 @@ def _finetuned_path(source: str) -> Path:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from core.benchmark import compare, predicted_speedup
+    from core.benchmark import compare
+    from core.commands.bench_cmd import predicted_from_meta
     from core.diffusion.latency import UNetForward
     from core.diffusion.merge import merge_unet
     from core.diffusion.surgery import build_unet_training_network
@@ -853,21 +848,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"{args.tables} holds tables of another network (chain digest "
                 f"{meta.get('chain_digest')}, this UNet {uchain.digest()})"
             )
-        original_table = float(meta.get("original_table_latency_ms", 0.0))
-        network = meta.get("network_latency_ms")
-        predicted = {
-            "table_latency_ms": solution.latency_ms,
-            "original_table_latency_ms": original_table,
-            "network_latency_ms": network,
-            "speedup": predicted_speedup(
-                solution.latency_ms,
-                original_table,
-                network_latency_ms=float(network) if network else None,
-            ),
-            "table_batch": meta.get("batch"),
-            "table_backend": meta.get("backend"),
-            "table_threads": meta.get("threads"),
-        }
+        predicted = predicted_from_meta(meta, solution)
     original_summary = network_summary(original, uchain)
     compressed_summary = network_summary(compressed, uchain)
     return {

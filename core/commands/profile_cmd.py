@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bundle, chain, config, out=args.out, progress=progress_printer("profile")
     )
     meta = table.meta
-    slowest = sorted(table.entries, key=lambda e: -e.latency_ms)[:5]
     return {
         "out": args.out,
         "model": bundle.name,
@@ -92,14 +91,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "original_table_latency_ms": meta.get("original_table_latency_ms"),
         "network_latency_ms": meta.get("network_latency_ms"),
         "additivity_error": meta.get("additivity_error"),
-        "slowest": [
-            {
-                **dict(zip(("start", "end", "kernel", "depthwise", "stride"), e.key, strict=True)),
-                "latency_ms": e.latency_ms,
-            }
-            for e in slowest
-        ],
+        "slowest": slowest_rows(table.entries),
     }
+
+
+def slowest_rows(entries: Any, count: int = 5) -> list[dict[str, Any]]:
+    """The ``count`` slowest entries, keyed like the table's rows (CNN and UNet tables alike)."""
+    slowest = sorted(entries, key=lambda e: -e.latency_ms)[:count]
+    return [
+        {
+            **dict(zip(("start", "end", "kernel", "depthwise", "stride"), e.key, strict=True)),
+            "latency_ms": e.latency_ms,
+        }
+        for e in slowest
+    ]
 
 
 def format_text(result: dict[str, Any]) -> str:

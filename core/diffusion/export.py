@@ -11,7 +11,6 @@ Nothing in the file is ever executed or unpickled beyond tensors and plain value
 from __future__ import annotations
 
 import datetime as _dt
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,7 @@ from torch import nn
 from core.diffusion.surgery import apply_structure
 from core.diffusion.unet import unet_from_config
 from core.errors import LayerMergeError, UnsafeCheckpointError
-from core.export import atomic_torch_save, jsonable, library_versions
-from core.safe_load import safe_torch_load
+from core.export import atomic_torch_save, jsonable, library_versions, read_untrusted_checkpoint
 from core.solution import Solution
 
 __all__ = [
@@ -86,15 +84,7 @@ def load_unet_checkpoint(source: str | Path | bytes) -> nn.Module:
     Raises:
         UnsafeCheckpointError: unreadable, unsafe, of another format, or tensors that do not fit.
     """
-    name = "the given bytes" if isinstance(source, bytes | bytearray) else str(source)
-    if isinstance(source, bytes | bytearray):
-        loaded = safe_torch_load(io.BytesIO(bytes(source)), name)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise UnsafeCheckpointError(f"checkpoint {path} does not exist")
-        with path.open("rb") as handle:
-            loaded = safe_torch_load(handle, name)
+    loaded, name = read_untrusted_checkpoint(source)
     return unet_from_checkpoint(loaded, name=name)
 
 
