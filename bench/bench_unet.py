@@ -6,7 +6,8 @@ For each budget (a fraction of the original table latency of ``cached_tables/dig
 
 1. the DP (LayerMerge, and the depth-only baseline where it is feasible) picks a solution;
 2. its training form is finetuned on the digits ``train`` split with the ε-loss (``--steps`` Adam
-   steps at lr 4e-4, batch 64: the paper's DDPM recipe, 100K steps, scaled to a CPU);
+   steps at lr 4e-4, batch 64, EMA ``--ema``: the paper's DDPM recipe, 100K steps with EMA
+   0.9999, scaled to a CPU); the original gets the same finetune as a control;
 3. the finetuned training form is merged; merged == training form is checked on a random input;
 4. the original and the merged UNet are timed SIDE BY SIDE in this one process, alternating:
    full DDIM sampling (``--count`` images x ``--sampling-steps`` steps, the whole batch at once)
@@ -95,6 +96,11 @@ def sample_shape(unet: torch.nn.Module) -> tuple[int, int, int]:
     return int(unet.config.in_channels), size, size
 
 
+def finetune_config(args: Any) -> UNetFinetuneConfig:
+    """The paper's DDPM finetune (Adam lr 4e-4, EMA) at ``--steps`` steps and ``--ema`` decay."""
+    return UNetFinetuneConfig(steps=args.steps, eval_every=args.steps, ema_decay=args.ema or None)
+
+
 def fd_of(unet: torch.nn.Module, args: Any) -> float:
     images = ddim_sample(unet, args.fd_samples, steps=args.sampling_steps, seed=0)
     return digits_fd(images)
@@ -110,6 +116,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fd-samples", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--ema", type=float, default=0.999, help="EMA decay of the finetunes (0: none)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -128,7 +137,7 @@ def main() -> int:
     # Control: the original finetuned as long as each compressed UNet, so that a change in FD
     # is not the extra finetuning's doing.
     control = copy.deepcopy(original)
-    finetune_unet(control, data, UNetFinetuneConfig(steps=args.steps, eval_every=args.steps))
+    finetune_unet(control, data, finetune_config(args))
     reference["finetuned_holdout_loss"] = epsilon_loss(control, data.holdout, seed=0)
     reference["finetuned_digits_fd"] = fd_of(control, args)
     del control
@@ -145,9 +154,7 @@ def main() -> int:
             training = result.training_network
             before = epsilon_loss(training, data.holdout, seed=0)
             tic = time.perf_counter()
-            finetune_unet(
-                training, data, UNetFinetuneConfig(steps=args.steps, eval_every=args.steps)
-            )
+            finetune_unet(training, data, finetune_config(args))
             finetune_s = time.perf_counter() - tic
             merged = merge_unet(training)
             x = torch.randn(4, *sample_shape(original))
