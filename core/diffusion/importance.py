@@ -12,13 +12,16 @@ As on the classification path, single-conv entries that keep their conv ARE the 
 (no re-initialisation, see ``core.importance``), so they share one finetune run: the original
 finetuned the same number of steps, which is also what Δℓ is measured against. ℓ_base is the
 unfinetuned original's holdout loss. Entries run through joblib (local processes); each is seeded
-from its key, so the table does not depend on the number of jobs.
+from its key, so the table does not depend on the number of jobs. Each finished run is saved at
+once to a partial store in the output directory, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
+import hashlib
+import json
 import math
 import os
 import time
@@ -38,11 +41,13 @@ from core.diffusion.surgery import build_unet_training_network
 from core.diffusion.unet import UNetBundle
 from core.errors import LayerMergeError, TableMismatchError
 from core.importance import entry_seed, entry_solution
+from core.latency import PartialStore
 from core.tables import TableEntry, read_meta, write_importance_csv, write_meta
 
 __all__ = ["UNetImportanceConfig", "estimate_unet_importance", "entry_job_id"]
 
 HOLDOUT_SEED = 0
+IMPORTANCE_VERSION = 1  # bump when what a run measures changes: it invalidates partial stores
 ORIGINAL_JOB = "original"
 
 
@@ -111,28 +116,38 @@ def estimate_unet_importance(
         by_job.setdefault(entry_job_id(entry), entry)
     job_ids = sorted(by_job, key=lambda j: (j != ORIGINAL_JOB, j))
     payload = (bundle.config, bundle.model.state_dict(), uchain, data, holdout, config)
-    losses: dict[str, float] = {}
+    # Each finished run is saved at once: a killed run resumes where it stopped.
+    key = _run_key(bundle, uchain, data, config)
+    store = PartialStore(
+        Path(out) if out is not None else None, f"unet-importance-{key}", {"key": key}
+    )
+    losses = {j: float(r["loss"]) for j, r in store.entries.items() if j in by_job}
+    resumed = len(losses)
+    pending = [j for j in job_ids if j not in losses]
     if progress is not None:
-        progress(0, len(job_ids), None)
+        progress(resumed, len(job_ids), None)
+
+    def finished(done: int, job_id: str, loss: float) -> None:
+        losses[job_id] = loss
+        store.entries[job_id] = {"loss": loss}
+        store.save()
+        if progress is not None:
+            rate = (time.perf_counter() - started) / done
+            progress(resumed + done, len(job_ids), rate * (len(pending) - done))
+
     if jobs == 1:
-        for done, job_id in enumerate(job_ids, start=1):
-            losses[job_id] = _score_job(payload, job_id, by_job[job_id])
-            if progress is not None:
-                elapsed = time.perf_counter() - started
-                progress(done, len(job_ids), elapsed / done * (len(job_ids) - done))
-    else:
+        for done, job_id in enumerate(pending, start=1):
+            finished(done, job_id, _score_job(payload, job_id, by_job[job_id]))
+    elif pending:
         from joblib import Parallel, delayed
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         runner = Parallel(n_jobs=jobs, backend="loky", return_as="generator")
         results = runner(
-            delayed(_score_job)(payload, job_id, by_job[job_id], threads) for job_id in job_ids
+            delayed(_score_job)(payload, job_id, by_job[job_id], threads) for job_id in pending
         )
-        for done, (job_id, loss) in enumerate(zip(job_ids, results, strict=True), start=1):
-            losses[job_id] = loss
-            if progress is not None:
-                elapsed = time.perf_counter() - started
-                progress(done, len(job_ids), elapsed / done * (len(job_ids) - done))
+        for done, (job_id, loss) in enumerate(zip(pending, results, strict=True), start=1):
+            finished(done, job_id, loss)
     reference = losses[ORIGINAL_JOB]
     scored = []
     for entry in entries:
@@ -151,6 +166,8 @@ def estimate_unet_importance(
         "importance_config": asdict(config),
         "importance_jobs": jobs,
         "importance_distinct_runs": len(job_ids),
+        "importance_resumed_runs": resumed,
+        "importance_key": key,
         "importance_seconds": time.perf_counter() - started,
         "base_loss": base_loss,
         "finetuned_original_loss": reference,
@@ -171,7 +188,22 @@ def estimate_unet_importance(
             )
         write_importance_csv(directory / "importance.csv", scored)
         write_meta(directory, {**existing, **meta})
+        store.remove()
     return tuple(scored), meta
+
+
+def _run_key(
+    bundle: UNetBundle, uchain: UNetChain, data: DiffusionData, config: UNetImportanceConfig
+) -> str:
+    """What every run's result depends on: the partial store of another setting is ignored."""
+    fields = {
+        "version": IMPORTANCE_VERSION,
+        "chain": uchain.digest(),
+        "weights": bundle.weights_digest,
+        "data": data.digest,
+        "config": asdict(config),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _score_job(payload: tuple, job_id: str, entry: TableEntry, threads: int | None = None) -> float:

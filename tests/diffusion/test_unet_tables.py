@@ -117,3 +117,30 @@ def test_entry_modules_have_the_entry_geometry(unet_tables) -> None:
             assert conv.kernel_size == (option.kernel, option.kernel)
             assert conv.in_channels == uchain.chain.convs[segment.start + 1].in_channels
             assert conv.out_channels == uchain.chain.convs[segment.end].out_channels
+
+
+def test_a_killed_importance_run_resumes_and_gives_the_same_table(tmp_path) -> None:
+    model = unet_from_config(DEMO_UNET_CONFIG)
+    bundle = UNetBundle(
+        model, "digits_unet", dict(DEMO_UNET_CONFIG), "seeded", None, unet_state_digest(model)
+    )
+    uchain = trace_unet(model)
+    data = load_diffusion_digits()
+    config = UNetImportanceConfig(steps=1, holdout_images=16)
+    calls = []
+
+    def stop_after_three(done: int, total: int, eta: float | None) -> None:
+        calls.append(done)
+        if done == 3:
+            raise KeyboardInterrupt  # what Ctrl-C or a killed worker looks like to the caller
+
+    with pytest.raises(KeyboardInterrupt):
+        estimate_unet_importance(
+            bundle, uchain, data, config, out=tmp_path, progress=stop_after_three
+        )
+    assert not (tmp_path / "importance.csv").exists()
+    resumed, meta = estimate_unet_importance(bundle, uchain, data, config, out=tmp_path)
+    assert meta["importance_resumed_runs"] == 3
+    assert not (tmp_path / ".partial").exists()  # removed once the table is written
+    fresh, _ = estimate_unet_importance(bundle, uchain, data, config)
+    assert [(e.key, e.importance) for e in resumed] == [(e.key, e.importance) for e in fresh]
