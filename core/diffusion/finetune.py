@@ -24,7 +24,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,8 +33,10 @@ from torch import nn
 
 from core.diffusion.data import DiffusionData
 from core.diffusion.loss import epsilon_loss, make_train_scheduler, training_loss
-from core.errors import DataError, LayerMergeError
+from core.errors import DataError, LayerMergeError, UnsafeCheckpointError
+from core.export import atomic_torch_save
 from core.finetune import FinetuneConfigError
+from core.safe_load import safe_torch_load
 
 __all__ = [
     "UNetFinetuneConfig",
@@ -45,6 +48,7 @@ __all__ = [
 
 HOLDOUT_SEED = 0  # epsilon_loss's seed for every holdout evaluation: comparable across runs
 _STATS_WINDOW = 20  # steps the reported training loss is averaged over
+RUN_STATE_FORMAT = "layermerge-unet-finetune-state"
 _NOISE_STREAM = 1_000_003  # offsets the noise generator's seed from the data order's
 
 
@@ -140,6 +144,8 @@ def finetune_unet(
     *,
     progress: Callable[[UNetFinetuneProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
 ) -> UNetFinetuneResult:
     """Train ``unet`` in place on ``data.train`` with the ε-prediction loss.
 
@@ -153,6 +159,11 @@ def finetune_unet(
             raises stops the run and propagates.
         should_stop: polled before every step; when it returns True the run ends, with the
             weights of the steps done so far (EMA weights, if EMA is on).
+        checkpoint: a file the whole run state (weights, optimizer, EMA, data order, noise
+            generators, history) is written to atomically every ``checkpoint_every`` steps and
+            when the run stops. If it exists when the call starts, and was written with the same
+            config for the same network, the run resumes from it, bit for bit as if never stopped.
+        checkpoint_every: steps between checkpoints.
 
     Returns:
         The trained UNet (the same module, eval mode), steps done, whether it was stopped, every
@@ -190,10 +201,49 @@ def finetune_unet(
     history: list[UNetFinetuneProgress] = []
     step, stopped = 0, False
     count = len(data.train)
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if checkpoint.is_file():
+            state = _read_run_state(checkpoint, unet, config)
+            unet.load_state_dict(state["unet"])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None:
+                ema.shadow = dict(state["ema"])
+                ema.updates = int(state["ema_updates"])
+            order_generator.set_state(state["order_generator"])
+            noise_generator.set_state(state["noise_generator"])
+            order = state["order"]
+            step = int(state["step"])
+            window.extend(float(v) for v in state["window"])
+            history = [UNetFinetuneProgress(**h) for h in state["history"]]
+            holdout_before = float(state["holdout_before"])
+
+    def save_state() -> None:
+        if checkpoint is None:
+            return
+        run_state = {
+            "format": RUN_STATE_FORMAT,
+            "config": asdict(config),
+            "parameters": sorted(unet.state_dict()),
+            "unet": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.shadow if ema is not None else {},
+            "ema_updates": ema.updates if ema is not None else 0,
+            "order_generator": order_generator.get_state(),
+            "noise_generator": noise_generator.get_state(),
+            "order": order,
+            "step": step,
+            "window": list(window),
+            "history": [asdict(h) for h in history],
+            "holdout_before": holdout_before,
+        }
+        atomic_torch_save(run_state, checkpoint)
+
     unet.train()
     while step < config.steps:
         if should_stop is not None and should_stop():
             stopped = True
+            save_state()
             break
         if len(order) < config.batch_size:  # a fresh epoch, without dropping any image
             order = torch.cat([order, torch.randperm(count, generator=order_generator)])
@@ -223,6 +273,8 @@ def finetune_unet(
             elapsed_s=time.perf_counter() - started,
         )
         history.append(report)
+        if step % checkpoint_every == 0 or step == config.steps:
+            save_state()
         if progress is not None:
             progress(report)
 
@@ -239,6 +291,22 @@ def finetune_unet(
         holdout_loss_after=holdout_after,
         elapsed_s=time.perf_counter() - started,
     )
+
+
+def _read_run_state(path: Path, unet: nn.Module, config: UNetFinetuneConfig) -> dict[str, Any]:
+    """A run state written by :func:`finetune_unet` for this network and config, read safely."""
+    with path.open("rb") as handle:
+        state = safe_torch_load(handle, f"finetune state {path}")
+    if not isinstance(state, dict) or state.get("format") != RUN_STATE_FORMAT:
+        raise UnsafeCheckpointError(f"{path} is not a UNet finetune state")
+    if state.get("config") != asdict(config):
+        raise FinetuneConfigError(
+            f"{path} was written with other finetune options ({state.get('config')}); use the "
+            "same options to resume, or another checkpoint file"
+        )
+    if state.get("parameters") != sorted(unet.state_dict()):
+        raise FinetuneConfigError(f"{path} was written for another network")
+    return state
 
 
 def unet_learning_rate_at(step: int, config: UNetFinetuneConfig) -> float:

@@ -1,0 +1,62 @@
+"""A stopped UNet finetune resumes from its checkpoint exactly as if it had never stopped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.diffusion.data import load_diffusion_digits
+from core.diffusion.finetune import UNetFinetuneConfig, finetune_unet
+from core.diffusion.unet import unet_from_config
+from core.finetune import FinetuneConfigError
+
+TINY = {
+    "sample_size": 16,
+    "in_channels": 1,
+    "out_channels": 1,
+    "layers_per_block": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 4,
+}
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path, ema) -> None:
+    data = load_diffusion_digits()
+    config = UNetFinetuneConfig(steps=6, batch_size=8, eval_every=3, ema_decay=ema)
+    straight = finetune_unet(unet_from_config(TINY), data, config)
+
+    polls = []
+
+    def stop_after_three() -> bool:
+        polls.append(1)
+        return len(polls) > 3
+
+    state = tmp_path / "state.pt"
+    first = finetune_unet(
+        unet_from_config(TINY),
+        data,
+        config,
+        should_stop=stop_after_three,
+        checkpoint=state,
+        checkpoint_every=2,
+    )
+    assert first.stopped and first.steps_done == 3 and state.is_file()
+    resumed = finetune_unet(unet_from_config(TINY), data, config, checkpoint=state)
+    assert resumed.steps_done == 6 and not resumed.stopped
+    assert [h.step for h in resumed.history] == list(range(1, 7))
+    for name, value in straight.unet.state_dict().items():
+        assert torch.equal(value, resumed.unet.state_dict()[name]), name
+    assert resumed.holdout_loss_after == straight.holdout_loss_after
+
+
+def test_a_state_of_other_options_is_refused(tmp_path) -> None:
+    data = load_diffusion_digits()
+    state = tmp_path / "state.pt"
+    config = UNetFinetuneConfig(steps=2, batch_size=8, eval_every=2)
+    finetune_unet(unet_from_config(TINY), data, config, checkpoint=state)
+    other = UNetFinetuneConfig(steps=3, batch_size=8, eval_every=2)
+    with pytest.raises(FinetuneConfigError, match="other finetune options"):
+        finetune_unet(unet_from_config(TINY), data, other, checkpoint=state)
