@@ -55,7 +55,8 @@ __all__ = [
     "FINETUNED_NAME",
 ]
 
-FINETUNED_NAME = "finetuned.pt"  # the training-form checkpoint inside a finetune --out directory
+FINETUNED_NAME = "finetuned.pt"
+RUN_STATE_NAME = "finetune-state.pt"  # the resumable run state inside a finetune --out directory  # the training-form checkpoint inside a finetune --out directory
 COMPRESSED_NAME = "compressed.pt"
 ONNX_NAME = "compressed.onnx"
 METRICS_NAME = "metrics.json"
@@ -473,12 +474,6 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
             ("label_smoothing", None, "--label-smoothing"),
             ("distill", None, "--distill"),
             ("temperature", None, "--temperature"),
-            (
-                "checkpoint_every",
-                None,
-                "--checkpoint-every: UNet finetunes write no resumable checkpoints",
-            ),
-            ("restart", False, "--restart: UNet finetunes always start afresh"),
         ],
     )
     if args.threads is not None:
@@ -519,10 +514,20 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
     compression = apply_unet_solution(bundle.model, uchain, solution)
     training = compression.training_network.to(device)
     loss_original = epsilon_loss(bundle.model, data.holdout)
+    state = out / RUN_STATE_NAME  # resumed when present: Ctrl-C or a kill loses nothing
+    if args.restart:
+        state.unlink(missing_ok=True)
+    resuming = state.is_file()
     cancel = threading.Event()
     with _cancel_on_interrupt(cancel):
         result = finetune_unet(
-            training, data, config, progress=_ProgressBar(), should_stop=cancel.is_set
+            training,
+            data,
+            config,
+            progress=_ProgressBar(),
+            should_stop=cancel.is_set,
+            checkpoint=state,
+            checkpoint_every=args.checkpoint_every or 50,
         )
     training = result.unet.cpu().eval()
     status = "cancelled" if result.stopped else "completed"
@@ -534,6 +539,8 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         "finetune_steps": result.steps_done,
         "finetune_total_steps": config.steps,
         "finetune_status": status,
+        "finetune_resumed": resuming,
+        "finetune_state": str(state),
         "predicted_latency_ms": solution.latency_ms,
     }
     finetuned = _write(

@@ -240,13 +240,29 @@ def test_finetune_writes_the_training_form_that_compress_merges(
     assert code == 0, err
     assert result["status"] == "completed" and result["step"] == 2
     assert "finetune [" in err  # the progress bar
-    assert {p.name for p in out.iterdir()} >= {"finetuned.pt", "compressed.pt", "metrics.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "finetuned.pt",
+        "compressed.pt",
+        "metrics.json",
+        "finetune-state.pt",  # the resumable run state
+    }
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert not metrics["finetune_resumed"]
     for key in ("eps_loss_original", "eps_loss_after_surgery", "eps_loss_after"):
         assert metrics[key] > 0
     assert metrics["eps_loss_merged"] == pytest.approx(metrics["eps_loss_after"], rel=1e-4)
     training = load_unet_checkpoint(out / "finetuned.pt")  # the training form rebuilds too
     assert not torch.load(out / "finetuned.pt", weights_only=True)["structure"]["merged"]
+
+    rerun = ("finetune", tiny, "--solution", str(solution), "--data", "digits", "--out", str(out),
+             "--steps", "2", "--batch-size", "8", "--device", "cpu")  # fmt: skip
+    code, _, err = cli(*rerun)  # the same run again: resumed from its state, nothing retrained
+    assert code == 0, err
+    again = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert again["finetune_resumed"] and again["eps_loss_after"] == metrics["eps_loss_after"]
+    code, _, err = cli(*rerun, "--restart")
+    assert code == 0, err
+    assert not json.loads((out / "metrics.json").read_text())["metrics"]["finetune_resumed"]
 
     compressed = tmp_path / "from_finetuned.pt"
     code, result, err = cli(
