@@ -54,14 +54,23 @@ def curves(job: jobs.Job) -> None:
 
 st.title("Finetune")
 job = jobs.registry().get(shared.job_id("finetune"))
-if job is not None and job.config.get("model_kind") == "unet":  # ε-loss and samples, no resume
+if job is not None and job.config.get("model_kind") == "unet":  # ε-loss and samples
     tasks.job_panel(
         job,
         "finetune",
-        cancel_label="Cancel",
+        cancel_label="Cancel (a checkpoint is kept)",
         extra=diffusion.finetune_extra,
-        stopped_note="start it again below.",
+        stopped_note="resume it from its checkpoint, or start again below.",
     )
+    if job.status == "cancelled" and st.button("Resume from the checkpoint", key="resume_finetune"):
+        diffusion.start_finetune(
+            job.config["solution"],
+            job.config["finetune"],
+            fd_samples=job.config["fd_samples"],
+            sampling_steps=job.config["sampling_steps"],
+            resume_of=job,
+        )
+        st.rerun()
 elif job is not None:
     tasks.job_panel(job, "finetune", cancel_label="Cancel (a checkpoint is kept)", extra=curves)
     if job.status == "cancelled" and st.button("Resume from the checkpoint", key="resume_finetune"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -537,8 +538,12 @@ def start_finetune(
     *,
     fd_samples: int = 0,
     sampling_steps: int = DEFAULT_SAMPLING_STEPS,
+    resume_of: Job | None = None,
 ) -> Job:
     """Finetune the training form of ``solution`` with the ε-loss, merge it, sample it.
+
+    The whole run state is checkpointed (core.diffusion.finetune), so ``resume_of`` continues a
+    cancelled job exactly where it stopped, with the same options.
 
     The worker reports every step (training loss, holdout loss at evaluation steps) and stops
     before its next step on cancel. Afterwards it draws the same-seed grids of the original, the
@@ -548,6 +553,12 @@ def start_finetune(
     bundle, uchain = unet_bundle(which), unet_chain(which)
     _check_digits_fit(bundle)
     model = bundle.model  # shared: only read (apply_unet_solution copies it)
+    if resume_of is not None:
+        checkpoint = resume_of.config["checkpoint"]
+    else:
+        checkpoint = str(
+            shared.APP_RUNS / "finetune" / f"unet-{uuid.uuid4().hex[:12]}" / "state.pt"
+        )
 
     def work(job: Job) -> dict[str, Any]:
         job.stage = "loading the data"
@@ -574,6 +585,7 @@ def start_finetune(
             config,
             progress=progress,
             should_stop=job.cancel.is_set,
+            checkpoint=checkpoint,
         )
         if result.stopped:
             return {"status": "stopped", "steps": result.steps_done}
@@ -622,8 +634,13 @@ def start_finetune(
             "choice": which,
             "state_dict": None,
             "finetune": config,
+            "checkpoint": checkpoint,
+            "fd_samples": fd_samples,
+            "sampling_steps": sampling_steps,
         },
     )
+    if resume_of is not None:
+        job.history = list(resume_of.history)
     shared.remember_job("finetune", job.id)
     return job
 

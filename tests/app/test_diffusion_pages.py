@@ -203,3 +203,30 @@ def test_tables_of_a_diffusers_folder_run_as_a_background_job(tmp_path: Path) ->
     at.button(key="cancel_tables").click().run()
     wait_until(at, lambda _: registry().get(job_id).status != "running", timeout=JOB_TIMEOUT)
     assert registry().get(job_id).status == "cancelled"
+
+
+def test_a_cancelled_unet_finetune_resumes_from_its_checkpoint(unet_tables: Path) -> None:
+    at = use_unet()
+    at.switch_page("pages/budget.py").run()
+    at.slider(key="budget").set_value(80).run()
+    at.switch_page("pages/finetune.py").run()
+    settings = {"uft_steps": 40, "uft_eval": 40, "uft_batch": 8, "uft_fd": 0}
+    for key, value in {**settings, "uft_sampling_steps": 2}.items():
+        at.number_input(key=key).set_value(value)
+    at.button(key="start_finetune").click().run()
+    first = registry().get(at.session_state["jobs"]["finetune"])
+    wait_until(at, lambda _: first.done >= 3 or first.status != "running", timeout=JOB_TIMEOUT)
+    at.button(key="cancel_finetune").click().run()
+    wait_until(at, lambda _: first.status != "running", timeout=JOB_TIMEOUT)
+    assert first.status == "cancelled", first.error
+    stopped_at = first.history[-1]["step"]
+    assert stopped_at < 40
+    at.run()
+    at.button(key="resume_finetune").click().run()
+    assert not at.exception, at.exception[0].value if at.exception else ""
+    second = registry().get(at.session_state["jobs"]["finetune"])
+    assert second is not first
+    wait_until(at, lambda _: second.status != "running", timeout=JOB_TIMEOUT)
+    assert second.status == "done", second.error
+    steps = [h["step"] for h in second.history]
+    assert steps == list(range(1, 41)), "the resumed run continues where the first stopped"
