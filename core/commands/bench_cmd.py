@@ -191,15 +191,8 @@ def format_text(result: dict[str, Any]) -> str:
         f"{result['model']} ({result['method']}, {result['solution']}) at {shape}: depth "
         f"{result['original_depth']} -> {result['compressed_depth']}; baseline: "
         f"{result['baseline']}",
-        f"  {'backend':<12} {'batch':>5} {'original ms':>12} {'compressed ms':>14} "
-        f"{'speed-up':>9} {'rounds':>7} {'threads':>7}",
     ]
-    for row in result["results"]:
-        lines.append(
-            f"  {row['backend']:<12} {row['batch']:>5} {row['original_ms']:>12.3f} "
-            f"{row['compressed_ms']:>14.3f} {row['speedup']:>8.2f}x {row['rounds']:>7} "
-            f"{row['threads']:>7}"
-        )
+    lines += speed_table_lines(result["results"])
     predicted = result["predicted"]
     if predicted:
         lines.append(
@@ -230,3 +223,18 @@ def predicted_from_meta(meta: dict[str, Any], solution: Solution) -> dict[str, A
         "table_backend": meta.get("backend"),
         "table_threads": meta.get("threads"),
     }
+
+
+def speed_table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The side-by-side timing rows (CNN and UNet benches alike), one line per backend."""
+    lines = [
+        f"  {'backend':<12} {'batch':>5} {'original ms':>12} {'compressed ms':>14} "
+        f"{'speed-up':>9} {'rounds':>7} {'threads':>7}"
+    ]
+    for row in rows:
+        lines.append(
+            f"  {row['backend']:<12} {row['batch']:>5} {row['original_ms']:>12.3f} "
+            f"{row['compressed_ms']:>14.3f} {row['speedup']:>8.2f}x {row['rounds']:>7} "
+            f"{row['threads']:>7}"
+        )
+    return lines

@@ -543,36 +543,30 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         "finetune_state": str(state),
         "predicted_latency_ms": solution.latency_ms,
     }
-    finetuned = _write(
-        lambda: save_unet(
-            training,
-            out / FINETUNED_NAME,
-            config=bundle.config,
-            structure=compression.structure,
-            solution=solution,
-            model_name=bundle.name,
-            metrics=metrics,
-        ),
-        out / FINETUNED_NAME,
-    )
+
+    def save(network: nn.Module, name: str, structure: dict[str, Any]) -> Path:
+        path = out / name
+        return _write(
+            lambda: save_unet(
+                network,
+                path,
+                config=bundle.config,
+                structure=structure,
+                solution=solution,
+                model_name=bundle.name,
+                metrics=metrics,
+            ),
+            path,
+        )
+
+    finetuned = save(training, FINETUNED_NAME, compression.structure)
     merged = merge_unet(training)
     error = merge_error(training, merged, uchain.chain.input_shape)
     metrics["merge_max_relative_error"] = error
     metrics["eps_loss_merged"] = epsilon_loss(merged, data.holdout)
     metrics["original"] = network_summary(bundle.model, uchain)
     metrics["compressed"] = network_summary(merged, uchain)
-    compressed = _write(
-        lambda: save_unet(
-            merged,
-            out / COMPRESSED_NAME,
-            config=bundle.config,
-            structure=compression.merged_structure,
-            solution=solution,
-            model_name=bundle.name,
-            metrics=metrics,
-        ),
-        out / COMPRESSED_NAME,
-    )
+    compressed = save(merged, COMPRESSED_NAME, compression.merged_structure)
     onnx_path = None
     if args.onnx:
         onnx_path = _write(
@@ -880,21 +874,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_bench(result: dict[str, Any]) -> str:
+    from core.commands.bench_cmd import speed_table_lines
+
     shape = "x".join(str(v) for v in result["input_shape"])
     lines = [
         f"{result['model']} (diffusion UNet, {result['method']}, {result['solution']}) at "
         f"{shape}: depth {result['original_depth']} -> {result['compressed_depth']}, params "
         f"{result['original_params']:,} -> {result['compressed_params']:,}",
         "  one denoising step:",
-        f"  {'backend':<12} {'batch':>5} {'original ms':>12} {'compressed ms':>14} "
-        f"{'speed-up':>9} {'rounds':>7} {'threads':>7}",
     ]
-    for row in result["results"]:
-        lines.append(
-            f"  {row['backend']:<12} {row['batch']:>5} {row['original_ms']:>12.3f} "
-            f"{row['compressed_ms']:>14.3f} {row['speedup']:>8.2f}x {row['rounds']:>7} "
-            f"{row['threads']:>7}"
-        )
+    lines += speed_table_lines(result["results"])
     sampling = result.get("sampling")
     if sampling:
         lines.append(
