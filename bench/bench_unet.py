@@ -35,19 +35,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.benchmark import predicted_speedup  # noqa: E402
-from core.diffusion.chain import trace_unet  # noqa: E402
-from core.diffusion.data import load_diffusion_digits  # noqa: E402
-from core.diffusion.export import count_convs  # noqa: E402
-from core.diffusion.finetune import UNetFinetuneConfig, finetune_unet  # noqa: E402
-from core.diffusion.flow import apply_unet_solution  # noqa: E402
-from core.diffusion.latency import UNetForward  # noqa: E402
-from core.diffusion.loss import epsilon_loss  # noqa: E402
-from core.diffusion.merge import merge_unet  # noqa: E402
-from core.diffusion.quality import digits_fd  # noqa: E402
-from core.diffusion.sampling import ddim_sample  # noqa: E402
-from core.diffusion.unet import build_unet  # noqa: E402
 from core.dp import solve  # noqa: E402
 from core.errors import InfeasibleBudgetError  # noqa: E402
+from core.families.unet.chain import trace_unet  # noqa: E402
+from core.families.unet.data import load_diffusion_digits  # noqa: E402
+from core.families.unet.export import count_convs  # noqa: E402
+from core.families.unet.finetune import UNetFinetuneConfig, finetune_unet  # noqa: E402
+from core.families.unet.flow import apply_unet_solution  # noqa: E402
+from core.families.unet.latency import UNetForward  # noqa: E402
+from core.families.unet.loss import epsilon_loss  # noqa: E402
+from core.families.unet.merge import merge_unet  # noqa: E402
+from core.families.unet.quality import digits_fd  # noqa: E402
+from core.families.unet.sampling import ddim_sample  # noqa: E402
+from core.families.unet.unet import build_unet  # noqa: E402
 from core.tables import read_tables  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

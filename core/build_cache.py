@@ -8,7 +8,7 @@ One documented command (DESIGN.md, "cached_tables/"; ``make tables`` runs it)::
 For each digits demo model it
 
 1. trains the shipped weights when they are missing (or with ``--retrain``): the classifiers with
-   :mod:`core.demo_models`, the diffusion UNet ``digits_unet`` with :mod:`core.diffusion.demo`
+   :mod:`core.demo_models`, the diffusion UNet ``digits_unet`` with :mod:`core.families.unet.demo`
    (a diffusers folder in ``cached_tables/demo_weights/digits_unet/``);
 2. measures the latency table (torch, CPU, batch 64: every entry is well above the timer's
    noise; one thread by default, because on a shared 2-core machine a second OpenMP thread waits
@@ -146,17 +146,17 @@ def build_unet_tables(
     """
     from dataclasses import asdict
 
-    from core.diffusion import unet as unet_module
-    from core.diffusion.chain import trace_unet
-    from core.diffusion.data import load_diffusion_data
-    from core.diffusion.importance import UNetImportanceConfig, estimate_unet_importance
-    from core.diffusion.latency import measure_unet_latency
+    from core.families.unet import unet as unet_module
+    from core.families.unet.chain import trace_unet
+    from core.families.unet.data import load_diffusion_data
+    from core.families.unet.importance import UNetImportanceConfig, estimate_unet_importance
+    from core.families.unet.latency import measure_unet_latency
 
     name = unet_module.DEMO_UNET_NAME
     steps: dict[str, Any] = {}
     weights_dir = unet_module.DEMO_UNET_DIR
     if retrain or not any((weights_dir / f).is_file() for f in unet_module.WEIGHT_FILES):
-        from core.diffusion.demo import train_demo_unet
+        from core.families.unet.demo import train_demo_unet
 
         tic = time.perf_counter()
         metrics = train_demo_unet(weights_dir, progress=_unet_training_printer(name))
@@ -202,7 +202,7 @@ def build_unet_tables(
 
 def _unet_latency_is_current(out: Path, bundle: Any, uchain: Any, config: LatencyConfig) -> bool:
     """A finished latency table of this UNet (chain and weights), measured with ``config``."""
-    from core.diffusion.latency import DIFFUSION_LATENCY_VERSION
+    from core.families.unet.latency import DIFFUSION_LATENCY_VERSION
 
     if not (out / "meta.json").is_file() or not (out / "latency.csv").is_file():
         return False

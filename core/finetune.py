@@ -38,15 +38,10 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from core.errors import DataError, LayerMergeError, UnsafeCheckpointError
-from core.export import (
-    atomic_torch_save,
-    build_network,
-    check_network_state,
-    jsonable,
-    library_versions,
-    safe_torch_load,
-)
+from core.families.classifier.checkpoint import build_network, check_network_state
+from core.files import atomic_torch_save, jsonable, library_versions
 from core.network import StepNetwork
+from core.safe_load import safe_torch_load
 
 __all__ = [
     "FinetuneConfig",

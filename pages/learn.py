@@ -23,7 +23,7 @@ if diffusion.is_unet():
         "conv1 and conv2, and the down/upsample convs; its one removable activation is a "
         "block's inner GroupNorm → SiLU, so a merged segment spans one block. The time "
         "embedding added between conv1 and conv2 is pushed through conv2 when they merge "
-        "(core.diffusion.merge); attention, skips and the time MLP stay as they are."
+        "(core.families.unet.merge); attention, skips and the time MLP stay as they are."
     )
 
 st.header("1 · Two convs with nothing between them are one conv")

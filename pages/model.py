@@ -6,8 +6,8 @@ import hashlib
 
 import streamlit as st
 
-from core.diffusion.unet import is_unet_name
 from core.errors import LayerMergeError
+from core.families.unet.unet import is_unet_name
 from core.models import default_input_size, get_model_info, list_models, load_state_dict_bytes
 from core.segments import count_table_entries, find_segments
 from pages import _shared as shared

@@ -8,9 +8,9 @@ results carry ``"kind": "diffusion"``, which is how each module's ``format_text`
 What differs from the classification path:
 
 - ``--weights`` of ``digits_unet`` is a diffusers folder; a ``diffusers:PATH`` folder holds its own.
-- ``--data`` is ``digits`` only (:func:`core.diffusion.data.load_diffusion_data`), and the
+- ``--data`` is ``digits`` only (:func:`core.families.unet.data.load_diffusion_data`), and the
   scores are ε-prediction losses on the holdout split, not accuracies.
-- ``finetune`` writes ``finetuned.pt`` (the training form, ``core.diffusion.export``), the merged
+- ``finetune`` writes ``finetuned.pt`` (the training form, ``core.families.unet.export``), the merged
   ``compressed.pt`` and ``metrics.json``; it has no resumable checkpoint (runs are minutes).
 - ``bench`` compares one denoising step (both networks alternately, ``core.benchmark``) and the
   wall time of DDIM sampling (alternating repeats), and optionally the digits Fréchet distance.
@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.diffusion.onnx_export import export_unet_onnx, merge_error
-from core.diffusion.unet import is_unet_name
 from core.errors import LayerMergeError, TableMismatchError, UnsafeCheckpointError
+from core.families.unet.onnx_export import export_unet_onnx, merge_error
+from core.families.unet.unet import is_unet_name
 
 __all__ = [
     "is_diffusion",
@@ -73,7 +73,7 @@ def is_diffusion(args: argparse.Namespace) -> bool:
 
 def load_unet(args: argparse.Namespace) -> Any:
     """The UNetBundle MODEL names, with the classifier-only options refused."""
-    from core.diffusion.unet import DIFFUSERS_FOLDER_PREFIX, build_unet
+    from core.families.unet.unet import DIFFUSERS_FOLDER_PREFIX, build_unet
 
     width = getattr(args, "width", 1.0)
     if width != 1.0:
@@ -104,7 +104,7 @@ def load_unet(args: argparse.Namespace) -> Any:
 
 def trace(bundle: Any) -> Any:
     """The UNet's chain; a UNet that cannot run on its own sample size fails in one line."""
-    from core.diffusion.chain import trace_unet
+    from core.families.unet.chain import trace_unet
 
     with _runtime_errors(f"cannot run {bundle.name} on a sample of its config's sample_size"):
         return trace_unet(bundle.model)
@@ -112,7 +112,7 @@ def trace(bundle: Any) -> Any:
 
 def load_data(spec: str, bundle: Any, uchain: Any, *, seed: int = 0) -> Any:
     """Diffusion images for ``bundle``: digits upscaled to its sample size, one channel."""
-    from core.diffusion.data import load_diffusion_data
+    from core.families.unet.data import load_diffusion_data
 
     data = load_diffusion_data(spec, size=bundle.input_size, seed=seed)
     shape = tuple(uchain.chain.input_shape)
@@ -140,7 +140,7 @@ def load_solution_for(uchain: Any, path: str) -> Any:
 
 def read_unet_checkpoint(path: str | Path, *, what: str) -> tuple[dict[str, Any], nn.Module]:
     """A compressed or training-form UNet checkpoint file: its dict and the UNet it rebuilds."""
-    from core.diffusion.export import unet_from_checkpoint
+    from core.families.unet.export import unet_from_checkpoint
     from core.safe_load import safe_torch_load
 
     path = Path(path)
@@ -163,7 +163,7 @@ def _check_same_unet(loaded: dict[str, Any], bundle: Any, path: Path, what: str)
 
 
 def chain(args: argparse.Namespace) -> dict[str, Any]:
-    from core.diffusion.chain import unet_segments, unet_table_entries
+    from core.families.unet.chain import unet_segments, unet_table_entries
 
     bundle = load_unet(args)
     uchain = trace(bundle)
@@ -261,7 +261,7 @@ def _conv_roles(uchain: Any) -> dict[int, str]:
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     from core.commands.common import progress_printer
     from core.commands.profile_cmd import slowest_rows
-    from core.diffusion.latency import measure_unet_latency
+    from core.families.unet.latency import measure_unet_latency
     from core.latency import LatencyConfig, get_backend
 
     if args.device != "cpu":
@@ -341,7 +341,7 @@ def format_profile(result: dict[str, Any]) -> str:
 
 def importance(args: argparse.Namespace) -> dict[str, Any]:
     from core.commands.common import progress_printer
-    from core.diffusion.importance import UNetImportanceConfig, estimate_unet_importance
+    from core.families.unet.importance import UNetImportanceConfig, estimate_unet_importance
     from core.latency import torch_threads
     from core.tables import read_meta
 
@@ -458,11 +458,11 @@ def _row(entry: Any) -> dict[str, Any]:
 
 def finetune(args: argparse.Namespace) -> dict[str, Any]:
     from core.commands.finetune_cmd import _cancel_on_interrupt
-    from core.diffusion.export import save_unet
-    from core.diffusion.finetune import UNetFinetuneConfig, finetune_unet
-    from core.diffusion.flow import apply_unet_solution
-    from core.diffusion.loss import epsilon_loss
-    from core.diffusion.merge import merge_unet
+    from core.families.unet.export import save_unet
+    from core.families.unet.finetune import UNetFinetuneConfig, finetune_unet
+    from core.families.unet.flow import apply_unet_solution
+    from core.families.unet.loss import epsilon_loss
+    from core.families.unet.merge import merge_unet
     from core.finetune import resolve_device
 
     _refuse_options(
@@ -651,9 +651,9 @@ class _ProgressBar:
 
 
 def compress(args: argparse.Namespace) -> dict[str, Any]:
-    from core.diffusion.export import save_unet
-    from core.diffusion.flow import apply_unet_solution
-    from core.diffusion.merge import merge_unet
+    from core.families.unet.export import save_unet
+    from core.families.unet.flow import apply_unet_solution
+    from core.families.unet.merge import merge_unet
 
     bundle = load_unet(args)
     uchain = trace(bundle)
@@ -690,7 +690,7 @@ def compress(args: argparse.Namespace) -> dict[str, Any]:
         **finetuned_metrics,
     }
     if data is not None:
-        from core.diffusion.loss import epsilon_loss
+        from core.families.unet.loss import epsilon_loss
 
         metrics.update(
             data=data.name,
@@ -772,9 +772,9 @@ def _finetuned_path(source: str) -> Path:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     from core.benchmark import compare
     from core.commands.bench_cmd import predicted_from_meta
-    from core.diffusion.latency import UNetForward
-    from core.diffusion.merge import merge_unet
-    from core.diffusion.surgery import build_unet_training_network
+    from core.families.unet.latency import UNetForward
+    from core.families.unet.merge import merge_unet
+    from core.families.unet.surgery import build_unet_training_network
     from core.latency import torch_threads
     from core.tables import read_meta
 
@@ -825,8 +825,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         )
     quality = None
     if args.fd:
-        from core.diffusion.quality import digits_fd
-        from core.diffusion.sampling import ddim_sample
+        from core.families.unet.quality import digits_fd
+        from core.families.unet.sampling import ddim_sample
 
         with torch_threads(args.threads):
             scores = {
@@ -919,7 +919,7 @@ def _time_sampling_side_by_side(
     threads: int | None,
 ) -> dict[str, Any]:
     """DDIM sampling wall time of both UNets, alternating which goes first in each repeat."""
-    from core.diffusion.sampling import time_sampling
+    from core.families.unet.sampling import time_sampling
     from core.latency import torch_threads
 
     times: dict[str, list[float]] = {"original": [], "compressed": []}
@@ -948,7 +948,7 @@ def _time_sampling_side_by_side(
 
 def network_summary(network: nn.Module, uchain: Any) -> dict[str, Any]:
     """Params, conv layers and main-path depth (every conv but the shortcut convs and conv_out)."""
-    from core.diffusion.export import count_convs
+    from core.families.unet.export import count_convs
 
     convs = count_convs(network)
     fixed = sum(b.shortcut for b in uchain.blocks) + 1  # shortcut convs and conv_out

@@ -25,9 +25,9 @@ from core.commands import diffusion_cmd
 from core.commands.common import add_model_arguments
 from core.commands.compress_cmd import CHECKPOINT_NAME, merge_error, prepare
 from core.commands.diffusion_cmd import is_diffusion
-from core.diffusion.finetune import UNetFinetuneConfig
 from core.errors import LayerMergeError
 from core.export import jsonable, network_metrics
+from core.families.unet.finetune import UNetFinetuneConfig
 from core.finetune import (
     FinetuneConfig,
     FinetuneProgress,

@@ -28,9 +28,9 @@ from torch import nn
 
 from core.chain import Chain, trace_chain
 from core.data import DataSplits, load_data, parse_data_spec
-from core.diffusion.unet import UNetBundle, is_unet_name
 from core.dp import FrontierPoint, frontier, list_methods, pick
 from core.errors import InfeasibleBudgetError, LayerMergeError, TableMismatchError
+from core.families.unet.unet import UNetBundle, is_unet_name
 from core.models import ModelBundle, build_model, default_input_size
 from core.solution import Solution
 from core.tables import MANIFEST_PATH, Tables, read_manifest, read_tables

@@ -27,18 +27,19 @@ import torch
 from torch import nn
 
 from core.benchmark import measure_side_by_side, predicted_speedup
-from core.diffusion.chain import UNetChain, trace_unet, unet_segments, unet_table_entries
-from core.diffusion.data import load_diffusion_data
-from core.diffusion.export import build_unet_checkpoint, count_convs
-from core.diffusion.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
-from core.diffusion.flow import UNetCompression, apply_unet_solution
-from core.diffusion.importance import UNetImportanceConfig, estimate_unet_importance
-from core.diffusion.latency import UNetForward, measure_unet_latency
-from core.diffusion.loss import epsilon_loss
-from core.diffusion.merge import merge_unet
-from core.diffusion.quality import digits_fd
-from core.diffusion.sampling import DEFAULT_SAMPLING_STEPS, ddim_sample, sample_grid
-from core.diffusion.unet import (
+from core.errors import LayerMergeError
+from core.families.unet.chain import UNetChain, trace_unet, unet_segments, unet_table_entries
+from core.families.unet.data import load_diffusion_data
+from core.families.unet.export import build_unet_checkpoint, count_convs
+from core.families.unet.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
+from core.families.unet.flow import UNetCompression, apply_unet_solution
+from core.families.unet.importance import UNetImportanceConfig, estimate_unet_importance
+from core.families.unet.latency import UNetForward, measure_unet_latency
+from core.families.unet.loss import epsilon_loss
+from core.families.unet.merge import merge_unet
+from core.families.unet.quality import digits_fd
+from core.families.unet.sampling import DEFAULT_SAMPLING_STEPS, ddim_sample, sample_grid
+from core.families.unet.unet import (
     DEMO_UNET_NAME,
     DIFFUSERS_FOLDER_PREFIX,
     WEIGHT_FILES,
@@ -46,7 +47,6 @@ from core.diffusion.unet import (
     build_unet,
     is_unet_name,
 )
-from core.errors import LayerMergeError
 from core.latency import LatencyConfig
 from core.solution import Solution
 from pages import _shared as shared
@@ -423,7 +423,7 @@ def measure_panel(solution: Solution, used: shared.TablesInUse) -> None:
     if st.button(
         "Measure and sample the merged UNet",
         key="measure_unet",
-        help="merges the UNet (core.diffusion), times one denoising step of it beside the "
+        help="merges the UNet (core.families.unet), times one denoising step of it beside the "
         "original, and draws 16 samples of each from the same noise",
     ):
         with st.spinner("Merging, timing and sampling…"):
@@ -542,7 +542,7 @@ def start_finetune(
 ) -> Job:
     """Finetune the training form of ``solution`` with the ε-loss, merge it, sample it.
 
-    The whole run state is checkpointed (core.diffusion.finetune), so ``resume_of`` continues a
+    The whole run state is checkpointed (core.families.unet.finetune), so ``resume_of`` continues a
     cancelled job exactly where it stopped, with the same options.
 
     The worker reports every step (training loss, holdout loss at evaluation steps) and stops
@@ -849,10 +849,10 @@ def export_panel(solution: Solution) -> None:
 
 
 def unet_onnx_bytes(network: nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    """The merged UNet as ONNX bytes, verified with ONNX Runtime (core.diffusion.onnx_export)."""
+    """The merged UNet as ONNX bytes, verified with ONNX Runtime (core.families.unet.onnx_export)."""
     import tempfile
 
-    from core.diffusion.onnx_export import export_unet_onnx
+    from core.families.unet.onnx_export import export_unet_onnx
 
     with tempfile.TemporaryDirectory(prefix="lm-unet-onnx-") as folder:
         path = export_unet_onnx(network, Path(folder) / "unet.onnx", input_shape)

@@ -19,12 +19,12 @@ import torch
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from core.diffusion.chain import trace_unet
-from core.diffusion.data import load_diffusion_data
-from core.diffusion.importance import UNetImportanceConfig, estimate_unet_importance
-from core.diffusion.latency import measure_unet_latency
-from core.diffusion.unet import DEMO_UNET_CONFIG, build_unet, save_unet_folder, unet_from_config
 from core.export import load
+from core.families.unet.chain import trace_unet
+from core.families.unet.data import load_diffusion_data
+from core.families.unet.importance import UNetImportanceConfig, estimate_unet_importance
+from core.families.unet.latency import measure_unet_latency
+from core.families.unet.unet import DEMO_UNET_CONFIG, build_unet, save_unet_folder, unet_from_config
 from core.latency import LatencyConfig
 from pages._shared.diffusion import FD_LABEL
 from pages._shared.jobs import registry

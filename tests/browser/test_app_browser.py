@@ -161,11 +161,11 @@ def test_budget_page_renders_for_the_diffusion_demo(
     browser: object, server: str, tmp_path: Path
 ) -> None:
     """digits_unet chosen in the browser: its samples, then the Budget page with its own tables."""
-    from core.diffusion.chain import trace_unet
-    from core.diffusion.data import load_diffusion_data
-    from core.diffusion.importance import UNetImportanceConfig, estimate_unet_importance
-    from core.diffusion.latency import measure_unet_latency
-    from core.diffusion.unet import build_unet
+    from core.families.unet.chain import trace_unet
+    from core.families.unet.data import load_diffusion_data
+    from core.families.unet.importance import UNetImportanceConfig, estimate_unet_importance
+    from core.families.unet.latency import measure_unet_latency
+    from core.families.unet.unet import build_unet
     from core.latency import LatencyConfig
 
     page = browser.new_page(viewport={"width": 1400, "height": 1500})

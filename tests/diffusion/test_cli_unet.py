@@ -23,10 +23,10 @@ import torch
 
 from core import export
 from core.__main__ import main
-from core.diffusion.chain import trace_unet, unet_segments, unet_table_entries
-from core.diffusion.export import load_unet_checkpoint
-from core.diffusion.flow import apply_unet_solution
-from core.diffusion.unet import build_unet, save_unet_folder, unet_from_config
+from core.families.unet.chain import trace_unet, unet_segments, unet_table_entries
+from core.families.unet.export import load_unet_checkpoint
+from core.families.unet.flow import apply_unet_solution
+from core.families.unet.unet import build_unet, save_unet_folder, unet_from_config
 from core.segments import validate_solution
 from core.solution import load_solution
 from core.tables import manifest_entry, read_tables

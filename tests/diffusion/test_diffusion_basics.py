@@ -1,4 +1,4 @@
-"""core.diffusion data, ε-loss, DDIM sampling, digits FD, UNet finetuning and the shipped demo UNet.
+"""core.families.unet data, ε-loss, DDIM sampling, digits FD, UNet finetuning and the shipped demo UNet.
 
 Everything runs for real (no mocks) on a tiny seeded UNet where a trained one is not needed, so
 each test takes seconds on a 2-core CPU.
@@ -15,25 +15,25 @@ import torch
 from torch import nn
 
 from core.data import _split_indices, digits_arrays, load_data
-from core.diffusion.data import (
+from core.errors import DataError, LayerMergeError
+from core.families.unet.data import (
     DIFFUSION_DIGITS_SIZE,
     DiffusionData,
     load_diffusion_data,
     load_diffusion_digits,
 )
-from core.diffusion.demo import train_demo_unet
-from core.diffusion.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
-from core.diffusion.loss import (
+from core.families.unet.demo import train_demo_unet
+from core.families.unet.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
+from core.families.unet.loss import (
     NUM_TRAIN_TIMESTEPS,
     antithetic_timesteps,
     epsilon_loss,
     make_train_scheduler,
     training_loss,
 )
-from core.diffusion.quality import digits_fd, frechet_distance
-from core.diffusion.sampling import ddim_sample, sample_grid, time_sampling
-from core.diffusion.unet import DEMO_UNET_CONFIG, build_unet, unet_from_config
-from core.errors import DataError, LayerMergeError
+from core.families.unet.quality import digits_fd, frechet_distance
+from core.families.unet.sampling import ddim_sample, sample_grid, time_sampling
+from core.families.unet.unet import DEMO_UNET_CONFIG, build_unet, unet_from_config
 from core.finetune import FinetuneConfigError
 
 # Two resolutions, no attention, 8/16 channels: a forward pass of 64 images takes milliseconds.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.diffusion.data import load_diffusion_digits
-from core.diffusion.finetune import UNetFinetuneConfig, finetune_unet
-from core.diffusion.unet import unet_from_config
+from core.families.unet.data import load_diffusion_digits
+from core.families.unet.finetune import UNetFinetuneConfig, finetune_unet
+from core.families.unet.unet import unet_from_config
 from core.finetune import FinetuneConfigError
 
 TINY = {

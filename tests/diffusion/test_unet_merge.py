@@ -17,22 +17,22 @@ import pytest
 import torch
 from torch import nn
 
-from core.diffusion.chain import (
+from core.errors import InvalidSolutionError, UnsupportedLayerError
+from core.families.unet.chain import (
     INNER_ACTIVATION,
     UNetChain,
     trace_unet,
     unet_segments,
     unet_table_entries,
 )
-from core.diffusion.merge import MergedResnetBlock, merge_unet
-from core.diffusion.surgery import (
+from core.families.unet.merge import MergedResnetBlock, merge_unet
+from core.families.unet.surgery import (
     LinearizedResnetBlock,
     apply_structure,
     build_unet_training_network,
     structure_from_solution,
 )
-from core.diffusion.unet import DEMO_UNET_CONFIG, unet_from_config
-from core.errors import InvalidSolutionError, UnsupportedLayerError
+from core.families.unet.unet import DEMO_UNET_CONFIG, unet_from_config
 from core.segments import keep_everything_solution
 from core.solution import Solution, SolutionSegment
 from tests.helpers import random_solution, relative_error
@@ -558,7 +558,7 @@ def test_merge_leaves_training_form_untouched(demo) -> None:
 
 
 def test_sampling_merged_equals_training_form(demo) -> None:
-    sampling = pytest.importorskip("core.diffusion.sampling")
+    sampling = pytest.importorskip("core.families.unet.sampling")
     unet, uchain = demo
     solution = random_solution(uchain.chain, random.Random(3), removals=True)
     training, merged, _ = training_and_merged(unet, uchain, solution, seed=8)

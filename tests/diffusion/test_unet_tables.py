@@ -7,17 +7,22 @@ import math
 import pytest
 import torch
 
-from core.diffusion.chain import trace_unet, unet_segments
-from core.diffusion.data import load_diffusion_digits
-from core.diffusion.importance import (
+from core.dp import frontier, restricted_tables, solve
+from core.families.unet.chain import trace_unet, unet_segments
+from core.families.unet.data import load_diffusion_digits
+from core.families.unet.importance import (
     ORIGINAL_JOB,
     UNetImportanceConfig,
     entry_job_id,
     estimate_unet_importance,
 )
-from core.diffusion.latency import entry_module, measure_unet_latency
-from core.diffusion.unet import DEMO_UNET_CONFIG, UNetBundle, unet_from_config, unet_state_digest
-from core.dp import frontier, restricted_tables, solve
+from core.families.unet.latency import entry_module, measure_unet_latency
+from core.families.unet.unet import (
+    DEMO_UNET_CONFIG,
+    UNetBundle,
+    unet_from_config,
+    unet_state_digest,
+)
 from core.latency import LatencyConfig
 from core.tables import TableEntry, read_tables
 
@@ -91,7 +96,7 @@ def test_classification_removals_are_not_identity_segments() -> None:
 
 
 def test_dp_solution_builds_and_merges(unet_tables) -> None:
-    from core.diffusion.flow import apply_unet_solution
+    from core.families.unet.flow import apply_unet_solution
 
     uchain, tables = unet_tables
     model = unet_from_config(DEMO_UNET_CONFIG)

@@ -4,7 +4,7 @@ A ResnetBlock2D whose inner GroupNorm -> SiLU -> Dropout is removed becomes a
 :class:`LinearizedResnetBlock`: norm2 and SiLU are dropped, all padding moves to the block's first
 op, pruned convs become identity, and a new GroupNorm "post-norm" follows conv2. Then
 ``conv1 -> + time embedding -> conv2`` is linear with no zero padding inside it, so
-:mod:`core.diffusion.merge` can collapse it into one conv exactly. A block that keeps its
+:mod:`core.families.unet.merge` can collapse it into one conv exactly. A block that keeps its
 activation keeps its own forward, with a conv replaced by identity where the layer-only baseline
 removes it; an upsample conv chosen as identity is replaced by ``nn.Identity`` (its nearest
 upsampling stays).
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.diffusion.chain import UNetChain
 from core.errors import InvalidSolutionError
+from core.families.unet.chain import UNetChain
 from core.segments import validate_solution
 from core.solution import Solution
 
@@ -132,9 +132,9 @@ def apply_structure(unet: nn.Module, structure: dict[str, Any]) -> nn.Module:
     """Replace blocks and convs of ``unet`` in place as ``structure`` says; returns ``unet``.
 
     With ``structure["merged"]`` the linearized blocks become freshly initialised
-    :class:`~core.diffusion.merge.MergedResnetBlock` shells, to be filled by a state_dict.
+    :class:`~core.families.unet.merge.MergedResnetBlock` shells, to be filled by a state_dict.
     """
-    from core.diffusion.merge import MergedResnetBlock
+    from core.families.unet.merge import MergedResnetBlock
 
     if int(structure.get("version", 0)) != STRUCTURE_VERSION:
         raise InvalidSolutionError(f"unknown UNet structure version {structure.get('version')!r}")

@@ -33,13 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.diffusion.chain import UNetChain, unet_segments
-from core.diffusion.data import DiffusionData
-from core.diffusion.finetune import UNetFinetuneConfig, finetune_unet
-from core.diffusion.loss import epsilon_loss
-from core.diffusion.surgery import build_unet_training_network
-from core.diffusion.unet import UNetBundle
 from core.errors import LayerMergeError, TableMismatchError
+from core.families.unet.chain import UNetChain, unet_segments
+from core.families.unet.data import DiffusionData
+from core.families.unet.finetune import UNetFinetuneConfig, finetune_unet
+from core.families.unet.loss import epsilon_loss
+from core.families.unet.surgery import build_unet_training_network
+from core.families.unet.unet import UNetBundle
 from core.importance import entry_seed, entry_solution
 from core.latency import PartialStore
 from core.tables import TableEntry, read_meta, write_importance_csv, write_meta
@@ -208,7 +208,7 @@ def _run_key(
 
 def _score_job(payload: tuple, job_id: str, entry: TableEntry, threads: int | None = None) -> float:
     """Finetune the entry's network briefly; its holdout ε-loss."""
-    from core.diffusion.unet import unet_from_config
+    from core.families.unet.unet import unet_from_config
 
     config_dict, state, uchain, data, holdout, config = payload
     if threads is not None:

@@ -14,8 +14,8 @@ digits score, is ``digits_fd(holdout, test)``; the samples of a good model come 
 scores far above.
 
 Example:
-    >>> from core.diffusion.sampling import ddim_sample
-    >>> from core.diffusion.unet import build_unet
+    >>> from core.families.unet.sampling import ddim_sample
+    >>> from core.families.unet.unet import build_unet
     >>> fd = digits_fd(ddim_sample(build_unet("digits_unet").model, 256))  # vs the test split
 """
 
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.diffusion.data import load_diffusion_digits
 from core.errors import LayerMergeError
+from core.families.unet.data import load_diffusion_digits
 
 __all__ = [
     "FEATURE_MODEL",
@@ -49,7 +49,7 @@ def digits_features(images: torch.Tensor, *, batch_size: int = 256) -> np.ndarra
     """The classifier's penultimate features (its final Linear's input) of digit images.
 
     Args:
-        images: (N, 1, S, S) images in [-1, 1], as ``core.diffusion.data`` and the samplers give.
+        images: (N, 1, S, S) images in [-1, 1], as ``core.families.unet.data`` and the samplers give.
         batch_size: images per forward pass.
 
     Returns:

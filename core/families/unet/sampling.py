@@ -7,7 +7,7 @@ Sampling is a pure function of (model, count, steps, seed, η): the initial nois
 so the images do not depend on ``batch_size`` (which only bounds the UNet's batch).
 
 Example:
-    >>> from core.diffusion.unet import build_unet
+    >>> from core.families.unet.unet import build_unet
     >>> images = ddim_sample(build_unet("digits_unet").model, 16, steps=20, seed=0)
     >>> grid = sample_grid(images, nrow=4)  # (H, W) uint8, for st.image
 """
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.diffusion.loss import eval_mode, make_train_scheduler
 from core.errors import LayerMergeError
+from core.families.unet.loss import eval_mode, make_train_scheduler
 
 __all__ = [
     "DEFAULT_SAMPLING_STEPS",

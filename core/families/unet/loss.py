@@ -9,11 +9,11 @@ same model differ; :func:`epsilon_loss` seeds it, so importance differences are 
 models, not of noise draws.
 
 Only ``unet(noisy, timesteps).sample`` is relied on: UNets with ResnetBlock2Ds replaced by the
-training-form or merged blocks of ``core.diffusion`` are evaluated the same way.
+training-form or merged blocks of ``core.families.unet`` are evaluated the same way.
 
 Example:
-    >>> from core.diffusion.unet import build_unet
-    >>> from core.diffusion.data import load_diffusion_digits
+    >>> from core.families.unet.unet import build_unet
+    >>> from core.families.unet.data import load_diffusion_digits
     >>> loss = epsilon_loss(build_unet("digits_unet").model, load_diffusion_digits().holdout)
 """
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from torch import nn
 
-from core.diffusion.chain import UNetChain, trace_unet
-from core.diffusion.merge import merge_unet
-from core.diffusion.surgery import build_unet_training_network
 from core.dp import solve
 from core.errors import TableMismatchError
+from core.families.unet.chain import UNetChain, trace_unet
+from core.families.unet.merge import merge_unet
+from core.families.unet.surgery import build_unet_training_network
 from core.solution import Solution
 from core.tables import Tables
 

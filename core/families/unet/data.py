@@ -4,7 +4,7 @@ A diffusion model learns the image distribution itself, so it gets no labels, no
 no augmentation: scikit-learn's 8x8 digits are upscaled to ``size`` (bilinear) and mapped from
 [0, 1] to [-1, 1], the range DDPM samplers clip to. The three splits reuse the classification
 path's seeded split indices (``core.data``), so the test split no demo model ever trained on, the
-classifier that measures sample quality (``core.diffusion.quality``) included, is the diffusion
+classifier that measures sample quality (``core.families.unet.quality``) included, is the diffusion
 test split too.
 
 Example:

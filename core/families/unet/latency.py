@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.diffusion.chain import UNetChain, unet_segments
-from core.diffusion.unet import UNetBundle
+from core.families.unet.chain import UNetChain, unet_segments
+from core.families.unet.unet import UNetBundle
 from core.latency import (
     NETWORK_MIN_RUN_TIME_FACTOR,
     WEIGHT_SEED,

@@ -1,14 +1,14 @@
 """Training the shipped weights of the demo diffusion UNet, ``digits_unet``.
 
-``digits_unet`` (``core.diffusion.unet.DEMO_UNET_CONFIG``, about 177K parameters) learns the 16x16
-digits of ``core.diffusion.data`` with DDPM's ε-prediction loss, from seeded initial weights, on the
+``digits_unet`` (``core.families.unet.unet.DEMO_UNET_CONFIG``, about 177K parameters) learns the 16x16
+digits of ``core.families.unet.data`` with DDPM's ε-prediction loss, from seeded initial weights, on the
 train split only. Run once, in about ten minutes on a 2-core CPU::
 
-    python -m core.diffusion.demo [--steps 3000] [--out cached_tables/demo_weights/digits_unet]
+    python -m core.families.unet.demo [--steps 3000] [--out cached_tables/demo_weights/digits_unet]
 
 It writes a diffusers folder (``config.json`` and ``diffusion_pytorch_model.safetensors``, under
 1 MB) and a ``digits_unet`` entry in ``cached_tables/demo_weights/metrics.json``: the holdout
-ε-loss, and the digits Fréchet distance (``core.diffusion.quality``) of 256 DDIM samples to the
+ε-loss, and the digits Fréchet distance (``core.families.unet.quality``) of 256 DDIM samples to the
 test split beside the floor (holdout vs test) and pure noise.
 """
 
@@ -25,18 +25,18 @@ from typing import Any
 
 import torch
 
-from core.diffusion.data import load_diffusion_digits
-from core.diffusion.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
-from core.diffusion.quality import digits_fd
-from core.diffusion.sampling import DEFAULT_SAMPLING_STEPS, ddim_sample
-from core.diffusion.unet import (
+from core.errors import LayerMergeError
+from core.families.unet.data import load_diffusion_digits
+from core.families.unet.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
+from core.families.unet.quality import digits_fd
+from core.families.unet.sampling import DEFAULT_SAMPLING_STEPS, ddim_sample
+from core.families.unet.unet import (
     DEMO_UNET_CONFIG,
     DEMO_UNET_DIR,
     DEMO_UNET_NAME,
     save_unet_folder,
     unet_from_config,
 )
-from core.errors import LayerMergeError
 
 __all__ = [
     "DEMO_STEPS",
@@ -85,7 +85,7 @@ def train_demo_unet(
         out_dir: the diffusers folder to write.
         steps: optimizer steps.
         seed: seeds the initial weights, the data order and the noise.
-        progress: passed to :func:`core.diffusion.finetune.finetune_unet`.
+        progress: passed to :func:`core.families.unet.finetune.finetune_unet`.
         metrics_path: the ``metrics.json`` whose ``digits_unet`` entry is replaced (other entries
             stay); None writes none.
 
@@ -137,9 +137,9 @@ def train_demo_unet(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m core.diffusion.demo [--steps N] [--seed S] [--out DIR] [--threads T]``."""
+    """``python -m core.families.unet.demo [--steps N] [--seed S] [--out DIR] [--threads T]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m core.diffusion.demo",
+        prog="python -m core.families.unet.demo",
         description="Train the shipped weights of the digits_unet demo diffusion model.",
     )
     parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="optimizer steps")

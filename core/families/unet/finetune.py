@@ -12,7 +12,7 @@ fresh copy, and UNets with replaced blocks need no ``StepNetwork`` wrapper), and
 checkpoints: the runs are minutes, not hours.
 
 Example:
-    >>> from core.diffusion.data import load_diffusion_digits
+    >>> from core.families.unet.data import load_diffusion_digits
     >>> result = finetune_unet(unet, load_diffusion_digits(), UNetFinetuneConfig(steps=300))
     >>> result.holdout_loss_after < result.holdout_loss_before  # doctest: +SKIP
     True
@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.diffusion.data import DiffusionData
-from core.diffusion.loss import epsilon_loss, make_train_scheduler, training_loss
 from core.errors import DataError, LayerMergeError, UnsafeCheckpointError
-from core.export import atomic_torch_save
+from core.families.unet.data import DiffusionData
+from core.families.unet.loss import epsilon_loss, make_train_scheduler, training_loss
+from core.files import atomic_torch_save
 from core.finetune import FinetuneConfigError
 from core.safe_load import safe_torch_load
 

@@ -41,7 +41,7 @@ os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
 
 DEMO_UNET_NAME = "digits_unet"
 DEMO_UNET_DIR = (
-    Path(__file__).resolve().parents[2] / "cached_tables" / "demo_weights" / "digits_unet"
+    Path(__file__).resolve().parents[3] / "cached_tables" / "demo_weights" / "digits_unet"
 )
 INIT_SEED = 0
 # A small UNet for 16x16 digits: two resolutions, one ResnetBlock2D per level, attention at 8x8.

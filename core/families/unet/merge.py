@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from core.diffusion.surgery import LinearizedResnetBlock
+from core.families.unet.surgery import LinearizedResnetBlock
 from core.merge import compose, fold_bn
 
 __all__ = ["MergedResnetBlock", "merge_unet"]

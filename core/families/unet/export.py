@@ -1,7 +1,7 @@
 """The compressed checkpoint of a UNet: config + structure + state_dict, read back safely.
 
 A compressed UNet is its diffusers config (JSON), the structure that says which ResnetBlock2Ds are
-merged and which upsample convs are identity (``core.diffusion.surgery``), and a state_dict of
+merged and which upsample convs are identity (``core.families.unet.surgery``), and a state_dict of
 plain tensors, so ``torch.load(weights_only=True)`` reads it and :func:`load_unet_checkpoint`
 (or ``core.export.load``, which dispatches here on the format) rebuilds the merged UNet: the
 original architecture from the config, the structure applied, the weights loaded strictly.
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.diffusion.surgery import apply_structure
-from core.diffusion.unet import unet_from_config
 from core.errors import LayerMergeError, UnsafeCheckpointError
-from core.export import atomic_torch_save, jsonable, library_versions, read_untrusted_checkpoint
+from core.families.unet.surgery import apply_structure
+from core.families.unet.unet import unet_from_config
+from core.files import atomic_torch_save, jsonable, library_versions, read_untrusted_checkpoint
 from core.solution import Solution
 
 __all__ = [

@@ -1,0 +1,128 @@
+"""Classification CNNs as a model family: a chain traced with torch.fx, step networks, accuracy.
+
+Everything here delegates to the modules that do the work (``core.chain``, ``core.surgery``,
+``core.merge``, ``core.export``, ``core.data``, ``core.finetune``); this file only says which of
+them a classifier uses, so generic code never has to ask whether it holds a CNN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.chain import Chain, trace_chain
+from core.errors import LayerMergeError
+from core.families.base import ModelFamily, TaskInfo, family_model_names, register_family
+from core.models import ModelBundle, build_model
+from core.models import list_models as classifier_models
+from core.segments import Segment, find_segments
+from core.solution import Solution
+
+__all__ = ["ClassifierFamily"]
+
+
+@register_family
+class ClassifierFamily(ModelFamily):
+    """Image classifiers mapping ``(B, C, H, W)`` to ``(B, classes)`` logits."""
+
+    name = "classifier"
+    task = TaskInfo(
+        name="classification", quality="accuracy", higher_is_better=True, panel="accuracy"
+    )
+    checkpoint_format = "layermerge-compressed"
+
+    def claims(self, model: str) -> bool:
+        return True  # registry names and module:function; later families claim theirs first
+
+    def load(
+        self,
+        model: str,
+        *,
+        weights: str | Path | Mapping[str, torch.Tensor] | None = None,
+        width: float = 1.0,
+        input_size: int | None = None,
+    ) -> ModelBundle:
+        if ":" not in model and model not in classifier_models():
+            names = sorted({*classifier_models(), *family_model_names()})
+            raise LayerMergeError(
+                f"unknown model {model!r}; choose one of {', '.join(names)}, "
+                "or give your own architecture as module:function"
+            )
+        return build_model(model, width=width, weights=weights, input_size=input_size)
+
+    def trace(self, bundle: ModelBundle) -> Chain:
+        return trace_chain(bundle.model, bundle.input_size)
+
+    def chain_of(self, traced: Chain) -> Chain:
+        return traced
+
+    def segments(self, traced: Chain) -> tuple[Segment, ...]:
+        return find_segments(traced)
+
+    def training_form(self, model: nn.Module, traced: Chain, solution: Solution) -> nn.Module:
+        from core.surgery import build_training_network
+
+        return build_training_network(model, traced, solution)
+
+    def merge(self, training: nn.Module, traced: Chain, solution: Solution) -> nn.Module:
+        from core.merge import merge
+
+        was_training = training.training
+        merged = merge(training.eval(), traced, solution)
+        training.train(was_training)
+        return merged
+
+    @torch.no_grad()
+    def merge_error(self, training: nn.Module, merged: nn.Module, traced: Chain) -> float:
+        inputs = self.onnx_inputs(traced, batch=2)
+        reference = training.eval()(*inputs.values())
+        got = merged.eval()(*inputs.values())
+        return float((reference - got).abs().max() / reference.abs().max().clamp_min(1e-12))
+
+    def checkpoint(
+        self,
+        network: nn.Module,
+        bundle: ModelBundle,
+        traced: Chain,
+        solution: Solution,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        from core.families.classifier.checkpoint import build_checkpoint
+
+        return build_checkpoint(
+            network,
+            solution=solution,
+            model_name=bundle.name,
+            width=bundle.width,
+            input_size=bundle.input_size,
+            num_classes=bundle.num_classes,
+            metrics=metrics,
+        )
+
+    def from_checkpoint(
+        self, checkpoint: Mapping[str, Any], *, name: str = "checkpoint"
+    ) -> nn.Module:
+        from core.families.classifier.checkpoint import network_from_checkpoint, validate_checkpoint
+
+        validate_checkpoint(checkpoint, name)
+        return network_from_checkpoint(checkpoint).eval()
+
+    def onnx_inputs(self, traced: Chain, *, batch: int = 1) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        return {"input": torch.randn(batch, *traced.input_shape, generator=generator)}
+
+    def load_data(self, spec: str, bundle: ModelBundle, traced: Chain, *, seed: int = 0) -> Any:
+        from core.data import load_data
+
+        return load_data(spec, input_size=bundle.input_size, seed=seed)
+
+    def evaluate(self, network: nn.Module, data: Any) -> dict[str, float]:
+        from core.finetune import evaluate
+
+        result = evaluate(network, data.test)
+        return {"accuracy": result.accuracy, "loss": result.loss}
