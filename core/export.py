@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from core.errors import LayerMergeError, UnsafeCheckpointError
-from core.families import family_for_checkpoint
+from core.families import checkpoint_formats, family_for_checkpoint
 from core.families.classifier.checkpoint import (
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
@@ -118,9 +118,12 @@ def load(source: str | Path | bytes) -> nn.Module:
         )
     family = family_for_checkpoint(loaded.get("format"))
     if family is None:
+        plain = bool(loaded) and all(isinstance(v, torch.Tensor) for v in loaded.values())
+        hint = " (a plain state_dict? pass it as --weights instead)" if plain else ""
         raise UnsafeCheckpointError(
-            f"{name} is not a compressed checkpoint (format {loaded.get('format')!r}; expected "
-            f"{CHECKPOINT_FORMAT!r} or another model family's format)"
+            f"{name} is not a LayerMerge compressed checkpoint: format is "
+            f"{loaded.get('format')!r}, expected one of {', '.join(map(repr, checkpoint_formats()))}"
+            f"{hint}"
         )
     return family.from_checkpoint(loaded, name=name)
 

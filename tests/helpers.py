@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from core.chain import Chain
-from core.segments import find_segments
+from core.segments import Segment, find_segments
 from core.solution import Solution, SolutionSegment
 
 
@@ -32,10 +33,17 @@ def random_solution(
     max_length: int | None = None,
     removals: bool = True,
     method: str = "layermerge",
+    segments: Iterable[Segment] | None = None,
 ) -> Solution:
-    """A uniformly-ish random valid solution; shorter segments when ``max_length`` is given."""
+    """A uniformly-ish random valid solution; shorter segments when ``max_length`` is given.
+
+    ``segments`` are the chain's valid segments as its model family lists them (a UNet adds its
+    identity upsamples); by default those of :func:`find_segments`.
+    """
     by_start: dict[int, list] = {}
-    for segment in find_segments(chain, include_removals=removals):
+    if segments is None:
+        segments = find_segments(chain, include_removals=removals)
+    for segment in segments:
         by_start.setdefault(segment.start, []).append(segment)
     position, chosen = 0, []
     while position < chain.last_position:

@@ -11,6 +11,7 @@ from core.families import classifier, unet  # noqa: F401  (registration side eff
 from core.families.base import (
     ModelFamily,
     TaskInfo,
+    checkpoint_formats,
     family_for,
     family_for_checkpoint,
     family_model_names,
@@ -22,6 +23,7 @@ from core.families.base import (
 )
 
 __all__ = [
+    "checkpoint_formats",
     "ModelFamily",
     "TaskInfo",
     "register_family",

@@ -48,6 +48,7 @@ __all__ = [
     "family_model_names",
     "list_models",
     "family_for_checkpoint",
+    "checkpoint_formats",
 ]
 
 
@@ -204,6 +205,11 @@ def family_model_names() -> list[str]:
 def family_for_checkpoint(checkpoint_format: Any) -> ModelFamily | None:
     """The family whose compressed checkpoints carry ``format == checkpoint_format`` (or None)."""
     return next((f for f in _FAMILIES.values() if f.checkpoint_format == checkpoint_format), None)
+
+
+def checkpoint_formats() -> list[str]:
+    """The ``format`` of each registered family's compressed checkpoints (for error messages)."""
+    return [f.checkpoint_format for f in _FAMILIES.values()]
 
 
 def list_models() -> list[str]:
