@@ -128,9 +128,16 @@ class ModelFamily(abc.ABC):
     # ------------------------------------------------------------------ checkpoints and export
     @abc.abstractmethod
     def checkpoint(
-        self, network: nn.Module, traced: Any, solution: Solution, **metadata: Any
+        self,
+        network: nn.Module,
+        bundle: Any,
+        traced: Any,
+        solution: Solution,
+        *,
+        metrics: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A compressed checkpoint of ``network``: plain tensors and JSON-able values only."""
+        """A compressed checkpoint of ``network`` (the solution's merged network): plain tensors
+        and JSON-able values only, so ``torch.load(weights_only=True)`` reads it back."""
 
     @abc.abstractmethod
     def from_checkpoint(

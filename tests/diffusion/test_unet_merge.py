@@ -25,7 +25,7 @@ from core.families.unet.chain import (
     unet_segments,
     unet_table_entries,
 )
-from core.families.unet.merge import MergedResnetBlock, merge_unet
+from core.families.unet.merge import MergedResnetBlock, merge_unet, merged_shell
 from core.families.unet.surgery import (
     LinearizedResnetBlock,
     apply_structure,
@@ -442,7 +442,9 @@ def test_config_structure_and_state_dict_rebuild_the_merged_unet(demo, seed) -> 
     _, merged, structure = training_and_merged(unet, uchain, solution, seed=seed)
     stored = json.loads(json.dumps(structure))  # what a checkpoint keeps
     rebuilt = apply_structure(
-        unet_from_config(DEMO_UNET_CONFIG, seed=99), stored | {"merged": True}
+        unet_from_config(DEMO_UNET_CONFIG, seed=99),
+        stored | {"merged": True},
+        merged_block=merged_shell,
     )
     rebuilt.load_state_dict(merged.state_dict())  # strict: same keys, same shapes
     rebuilt.eval()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from core.errors import LayerMergeError, UnsafeCheckpointError
+from core.families.unet.merge import merged_shell
 from core.families.unet.surgery import apply_structure
 from core.families.unet.unet import unet_from_config
 from core.files import atomic_torch_save, jsonable, library_versions, read_untrusted_checkpoint
@@ -108,7 +109,9 @@ def unet_from_checkpoint(loaded: Any, *, name: str = "checkpoint") -> nn.Module:
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise UnsafeCheckpointError(f"{name}: the state_dict holds something other than tensors")
     try:
-        network = apply_structure(unet_from_config(loaded["config"]), loaded["structure"])
+        network = apply_structure(
+            unet_from_config(loaded["config"]), loaded["structure"], merged_block=merged_shell
+        )
     except (LayerMergeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UnsafeCheckpointError(f"{name}: its config or structure is invalid ({exc})") from exc
     try:

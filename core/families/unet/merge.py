@@ -16,7 +16,7 @@ from torch import nn
 from core.families.unet.surgery import LinearizedResnetBlock
 from core.merge import compose, fold_bn
 
-__all__ = ["MergedResnetBlock", "merge_unet"]
+__all__ = ["MergedResnetBlock", "merge_unet", "merged_shell"]
 
 
 class MergedResnetBlock(nn.Module):
@@ -86,6 +86,11 @@ class MergedResnetBlock(nn.Module):
             conv_shortcut=copy.deepcopy(block.conv_shortcut),
             output_scale_factor=block.output_scale_factor,
         )
+
+
+def merged_shell(block: LinearizedResnetBlock) -> MergedResnetBlock:
+    """A merged block shaped like ``block`` would merge, weights unfilled (a state_dict fills it)."""
+    return MergedResnetBlock.from_linearized(block, fill=False)
 
 
 def merge_unet(training: nn.Module) -> nn.Module:

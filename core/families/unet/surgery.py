@@ -17,6 +17,7 @@ any form from scratch, which is how finetune checkpoints and compressed checkpoi
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -128,14 +129,22 @@ def structure_from_solution(uchain: UNetChain, solution: Solution) -> dict[str, 
     return structure
 
 
-def apply_structure(unet: nn.Module, structure: dict[str, Any]) -> nn.Module:
+def apply_structure(
+    unet: nn.Module,
+    structure: dict[str, Any],
+    *,
+    merged_block: Callable[[LinearizedResnetBlock], nn.Module] | None = None,
+) -> nn.Module:
     """Replace blocks and convs of ``unet`` in place as ``structure`` says; returns ``unet``.
 
-    With ``structure["merged"]`` the linearized blocks become freshly initialised
-    :class:`~core.families.unet.merge.MergedResnetBlock` shells, to be filled by a state_dict.
+    With ``structure["merged"]`` each linearized block becomes ``merged_block(linearized)``: a
+    merged shell (:func:`core.families.unet.merge.merged_shell`) to be filled by a state_dict.
+    The merger is passed in because merging builds on this module, not the other way round.
     """
-    from core.families.unet.merge import MergedResnetBlock
-
+    if structure.get("merged") and merged_block is None:
+        raise InvalidSolutionError(
+            "a merged UNet structure needs merged_block (core.families.unet.merge.merged_shell)"
+        )
     if int(structure.get("version", 0)) != STRUCTURE_VERSION:
         raise InvalidSolutionError(f"unknown UNet structure version {structure.get('version')!r}")
     for name, spec in structure["blocks"].items():
@@ -153,7 +162,7 @@ def apply_structure(unet: nn.Module, structure: dict[str, Any]) -> nn.Module:
         linear = LinearizedResnetBlock(block, keep_conv1=keep1, keep_conv2=keep2)
         linear.merge = bool(spec.get("merge", True))
         if structure.get("merged") and linear.merge:
-            linear = MergedResnetBlock.from_linearized(linear, fill=False)
+            linear = merged_block(linear)
         setattr(parent, attr, linear)
     for name in structure["identity_upsamples"]:
         parent, attr = get_submodule_parent(unet, name)
