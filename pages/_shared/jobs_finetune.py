@@ -8,9 +8,11 @@ each is the single place to swap for core's finetune workflow. A job checkpoints
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from core.data import load_data
 from core.families.unet.data import load_diffusion_data
@@ -33,6 +35,7 @@ from pages._shared.state import ModelChoice
 
 __all__ = ["start_classifier_finetune", "start_unet_finetune", "finetuned_result"]
 
+Weights = dict[str, torch.Tensor] | None  # a session's uploaded state_dict
 MAX_HISTORY = 5000  # progress points kept per finetune job (every step up to this)
 
 
@@ -195,7 +198,7 @@ def _samples(
     return grids, fd
 
 
-def _model_of(resume_of: Job | None) -> tuple[ModelChoice, dict[str, Any] | None]:
+def _model_of(resume_of: Job | None) -> tuple[ModelChoice, Weights]:
     """The model (and uploaded weights) to train: the resumed job's, else the session's."""
     if resume_of is not None:
         return resume_of.config["choice"], resume_of.config.get("state_dict")
@@ -210,10 +213,10 @@ def _checkpoint_path(resume_of: Job | None, file_name: str) -> str:
 
 def _start(
     which: ModelChoice,
-    weights: dict[str, Any] | None,
+    weights: Weights,
     solution: Solution,
-    config: Any,
-    work: Any,
+    config: FinetuneConfig | UNetFinetuneConfig,
+    work: Callable[[Job], dict[str, Any]],
     resume_of: Job | None,
     **settings: Any,
 ) -> Job:
