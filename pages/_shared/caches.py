@@ -1,8 +1,8 @@
-"""Cached core calls shared by every session: models, traced chains, data, tables, frontiers, merges.
+"""Cached core calls shared by all sessions: models, traced chains, data, tables, frontiers.
 
-The one place with ``st.cache_resource`` around core (STYLE.md convention 1). Every call goes
-through the model's family (``core.families.family_for``), so nothing here asks which family a
-model is. Entries are singletons keyed by content (registry name, width, input size, weights
+The one place with ``st.cache_resource`` around core (STYLE.md convention 1). Every call on a
+model goes through its family (``core.families.family_for``), so nothing here asks which family
+a model is. Entries are singletons keyed by content (registry name, width, input size, weights
 digest, table digest) and are never modified: core's builders return new modules, and a module a
 caller would change is deep-copied first (:func:`private_model`).
 """

@@ -1,8 +1,9 @@
 """The finetune job: the solution's training form trained, merged and evaluated, in the background.
 
-One function per family's pipeline as core runs it today (surgery → finetune → merge → evaluate);
-each is the single place to swap for core's finetune workflow. A job checkpoints as it trains, so
-``resume_of`` continues a cancelled job exactly where it stopped, with the same model and options.
+One function per family's pipeline as core runs it today (surgery → finetune → merge →
+evaluate); each is the single place to swap for core's finetune workflow. A job checkpoints as it
+trains, so ``resume_of`` continues a cancelled job where it stopped, with the same model and
+options.
 """
 
 from __future__ import annotations

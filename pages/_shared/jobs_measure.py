@@ -25,7 +25,7 @@ __all__ = ["measure_classifier", "measure_unet", "evaluate_accuracy"]
 
 
 def measure_classifier(solution: Solution, used: TablesInUse) -> dict[str, Any]:
-    """A classifier's merged network of ``solution`` timed beside the original, BN folded in both."""
+    """A classifier's merged network of ``solution`` timed beside the original (BN folded)."""
     model, traced = caches.bundle().model, caches.chain()
     merged = merge_model(model, traced, solution)  # a new module: the shared model is untouched
     batch, threads, network_ms = _settings(used)

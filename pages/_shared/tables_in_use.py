@@ -139,7 +139,7 @@ def solution_or_default() -> Solution | None:
 
 
 def _check_chain(tables: Tables, directory: Path, which: ModelChoice) -> None:
-    """Refuse tables made for another chain (the family's traced digest; a UNet's is its blocks')."""
+    """Refuse tables made for another chain (by the digest of the family's traced form)."""
     recorded = tables.meta.get("chain_digest")
     digest = caches.traced(which).digest()
     if recorded is not None and recorded != digest:

@@ -1,11 +1,13 @@
 """The panel protocol and registry: the one part of each page that differs per model family.
 
 A model family names its panel (``family.task.panel``: ``"accuracy"`` for classifiers,
-``"samples"`` for diffusion UNets); a page asks :func:`pages._shared.panels.panel_for` for it and
-renders through it, so no page ever asks which family it has. Each panel draws the same slots:
-the model summary, the tables settings, the quality section of the Budget page, the finetune form
-and its results, and the export view. A new family with a new task is one more panel module plus
-one registration; a family whose task fits an existing panel needs none.
+``"samples"`` for diffusion UNets); a page asks ``pages._shared.panels`` for the panel of its
+model (``current()``, or ``panel_of(job's model)``) and renders through it, so no page ever asks
+which family it has. Each panel draws the same slots: the model summary, the tables settings,
+the quality section of the Budget page, the finetune form and its results, and the export view.
+A new family with a new task is one more panel module (registered with :func:`register_panel`,
+imported by ``panels/__init__.py``); a family whose task fits an existing panel names that one
+and needs no page code.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ FOLDER = ModelSource(
 
 @register_panel
 class SamplesPanel(Panel):
-    """Diffusion UNets: samples, the holdout ε-loss and the digits-FD show what compression keeps."""
+    """Diffusion UNets: samples, holdout ε-loss and digits-FD show what compression keeps."""
 
     name = "samples"
     sources = (FOLDER,)

@@ -118,7 +118,7 @@ def finetune_view(job: Job) -> None:
 
 
 def export_view(solution: Solution, used: TablesInUse) -> ExportView:
-    """Convs, depth, size, ε-loss, digits-FD and step time of the compressed UNet beside the original."""
+    """Convs, depth, size, ε-loss, digits-FD and step time: compressed UNet beside original."""
     original = caches.bundle().model
     finetuned = jobs_finetune.finetuned_result(solution)
     if finetuned is not None:
