@@ -10,20 +10,20 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import LayerMergeError
-from pages import _shared as shared
+from pages._shared import frame, state
 
 
 def main() -> None:
     st.set_page_config(page_title="LayerMerge Studio", page_icon=":material/layers:", layout="wide")
-    page = st.navigation(shared.page_list())
-    shared.init_session()
-    solution_slot = shared.sidebar_frame()
+    page = st.navigation(frame.page_list())
+    state.init_session()
+    solution_slot = frame.sidebar_frame()
     try:
         page.run()
     except LayerMergeError as exc:
         st.error(str(exc))
     finally:
-        shared.sidebar_solution(solution_slot)
+        frame.sidebar_solution(solution_slot)
 
 
 if __name__ == "__main__":

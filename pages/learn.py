@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import _shared as shared
-from pages._shared import diffusion, figures
+from pages._shared import caches, frame, panels, state
 from pages._shared import learn_figures as pictures
+from pages._shared.chain_figure import chain_figure
+from pages._shared.tables_in_use import budget_ms, dp_states, solution_or_default, tables_in_use
 
-shared.frame_guard()
+frame.frame_guard()
 
 st.title("How LayerMerge works")
-which, model, chain = shared.choice(), shared.bundle().model, shared.chain()
-solution = shared.solution_or_default()
+which, model, chain = state.choice(), caches.bundle().model, caches.chain()
+solution = solution_or_default()
 st.caption(
     f"Every picture below is computed from {which.label}, its tables and your current "
     "solution (Budget page)."
 )
-if diffusion.is_unet():
-    st.info(
-        "Your model is a diffusion UNet. Its main-path convs are conv_in, each ResnetBlock2D's "
-        "conv1 and conv2, and the down/upsample convs; its one removable activation is a "
-        "block's inner GroupNorm → SiLU, so a merged segment spans one block. The time "
-        "embedding added between conv1 and conv2 is pushed through conv2 when they merge "
-        "(core.families.unet.merge); attention, skips and the time MLP stay as they are."
-    )
+note = panels.current().learn_note
+if note:
+    st.info(note)
 
 st.header("1 · Two convs with nothing between them are one conv")
 pair = pictures.first_pair(chain)
@@ -51,7 +47,7 @@ st.markdown(
     "early. Below: for every segment (i, j] your model allows, the merged kernel when every "
     "conv is kept."
 )
-used = shared.tables_in_use()
+used = tables_in_use()
 st.plotly_chart(
     pictures.growth_figure(chain, used.tables if used is not None else None), key="learn_growth"
 )
@@ -71,7 +67,7 @@ st.markdown(
 if solution is None:
     st.info("Pick a budget on the Budget page to see which convs your solution prunes.")
 else:
-    st.plotly_chart(figures.chain_figure(chain, solution, height=260), key="learn_chain")
+    st.plotly_chart(chain_figure(chain, solution, height=260), key="learn_chain")
     if any(s.end - s.start > 1 or s.kernel == 0 for s in solution.segments):
         st.plotly_chart(pictures.pruning_figure(chain, solution), key="learn_pruning")
     else:
@@ -82,8 +78,8 @@ if used is None:
     st.info("This picture needs the latency and importance tables (Tables page).")
     st.stop()
 method = solution.method if solution is not None else "layermerge"
-budget = st.session_state.get("budget")
-budget_ms = shared.budget_ms(used, budget) if budget else None
+percent = st.session_state.get("budget")
+budget = budget_ms(used, percent) if percent else None
 st.markdown(
     "A solution is a path from position 0 to the last one; each step is a segment (i, j] with a "
     "kernel option, costing its table latency and earning its importance. At each position the "
@@ -92,7 +88,7 @@ st.markdown(
 )
 st.plotly_chart(
     pictures.dp_grid_figure(
-        shared.dp_states(used, method), solution, budget_ms=budget_ms, original_ms=used.original_ms
+        dp_states(used, method), solution, budget_ms=budget, original_ms=used.original_ms
     ),
     key="learn_dp",
 )

@@ -2,82 +2,39 @@
 
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 
-from core.importance import MODES
-from pages import _shared as shared
-from pages._shared import diffusion, figures, jobs, tasks
+from pages._shared import figures, frame, jobs, panels, state, views
+from pages._shared.job_view import job_panel
+from pages._shared.paths import short_path
+from pages._shared.tables_in_use import computed_tables_dir, tables_in_use
 
-shared.frame_guard()
-
-
-def compute_panel() -> None:
-    """Settings and a start button; the work runs in a background job (tasks.start_tables)."""
-    with st.form("tables_form"):
-        cols = st.columns(4)
-        big = shared.choice().input_size >= 128
-        cols[0].number_input(
-            "Batch (images per timed call)", 1, 512, 1 if big else 64, key="tables_batch"
-        )
-        cols[1].radio(
-            "Importance",
-            MODES,
-            key="tables_mode",
-            horizontal=True,
-            help="finetune: a brief finetune per entry (the paper, minutes); "
-            "distortion: output change with no training (seconds, a first look)",
-        )
-        cols[2].number_input(
-            "Timing threads",
-            1,
-            os.cpu_count() or 1,
-            1,
-            key="tables_threads",
-            help="torch threads while timing; 1 (as the shipped tables) is steadiest on a busy "
-            "machine, and is what the Budget page's Measure button then uses too",
-        )
-        cols[3].number_input("Importance processes", 1, os.cpu_count() or 1, 1, key="tables_jobs")
-        if st.form_submit_button("Compute the tables", key="compute_tables", type="primary"):
-            tasks.start_tables(
-                batch=int(st.session_state.tables_batch),
-                mode=st.session_state.tables_mode,
-                processes=int(st.session_state.tables_jobs),
-                threads=int(st.session_state.tables_threads),
-            )
-            st.rerun(scope="app")
-
+frame.frame_guard()
 
 st.title("Latency and importance tables")
-job = jobs.registry().get(shared.job_id("tables"))
-unet = diffusion.is_unet()
+panel = panels.current()
+job = jobs.registry().get(state.job_id("tables"))
 if job is not None and (job.active or job.status in ("failed", "cancelled")):
-    if unet:  # UNet tables are written whole: a stopped run starts again
-        tasks.job_panel(job, "tables", cancel_label="Stop", stopped_note="start it again below.")
-    else:
-        tasks.job_panel(job, "tables", cancel_label="Stop (finished entries are kept)")
-used = shared.tables_in_use()
+    owner = panels.panel_of(job.config["choice"])  # the job's model, maybe not the session's
+    job_panel(
+        job,
+        "tables",
+        cancel_label=owner.tables_cancel_label,
+        stopped_note=owner.tables_stopped_note,
+    )
+used = tables_in_use()
 if used is None:
-    saved = (
-        "the latency table first, then the ε-loss importance of every entry; the tables appear "
-        "when both are done"
-        if unet
-        else "every finished entry is saved at once, so a stopped run resumes where it stopped"
-    )
     st.info(
-        f"No tables for {shared.choice().label} yet: none ship for it and none were computed. "
-        f"Compute them here: {saved} (written to {shared.computed_tables_dir()})."
+        f"No tables for {state.choice().label} yet: none ship for it and none were computed. "
+        f"Compute them here: {panel.tables_saved_note} (written to {computed_tables_dir()})."
     )
-    if (job is None or not job.active) and unet:
-        diffusion.tables_form()
-    elif job is None or not job.active:
-        compute_panel()
+    if job is None or not job.active:
+        panel.tables_form()
     st.stop()
 
 tables, meta = used.tables, used.tables.meta
 st.caption(
-    f"{used.source} tables in {shared.short_path(used.directory)} · {meta.get('backend', '?')} on "
+    f"{used.source} tables in {short_path(used.directory)} · {meta.get('backend', '?')} on "
     f"{meta.get('device', '?')} ({meta.get('cpu', '')}), batch {meta.get('batch', '?')}, "
     f"{meta.get('threads', '?')} thread(s) · importance: "
     f"{meta.get('importance_mode') or meta.get('importance_kind', '?')} "
@@ -92,16 +49,7 @@ if network_ms:
     error = (table_ms - network_ms) / network_ms
     cols[1].metric("Whole network, measured", f"{network_ms:.4g} ms")
     cols[2].metric("Surrogate error", f"{error:+.1%}")
-    if unet:
-        st.caption(f"{diffusion.ADDITIVITY_NOTE} Here it is off by {error:+.1%} of one step.")
-    else:
-        st.caption(
-            "The DP adds segment latencies. The table times each merged conv with its "
-            "activation; it leaves out BN, residual adds, pooling and the classifier, and timing "
-            f"pieces alone differs from timing them in sequence. Here the sum is off by "
-            f"{error:+.1%} of the measured network: budgets are shares of the table sum, not of "
-            "the measured time."
-        )
+    st.caption(panel.additivity_note(error))
 else:
     cols[1].metric("Whole network, measured", "not recorded")
     st.caption("meta.json records no whole-network time, so the sum cannot be checked.")
@@ -129,6 +77,6 @@ st.caption(
 )
 
 st.subheader("All entries")
-st.dataframe(tasks.entries_frame(tables), hide_index=True, key="entries_table")
+st.dataframe(views.entries_frame(tables), hide_index=True, key="entries_table")
 with st.expander("meta.json"):
     st.json(meta, expanded=False)

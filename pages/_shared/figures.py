@@ -1,244 +1,33 @@
-"""Plotly figures of chains, tables, frontiers and the pictures of the Learn page.
+"""Plotly figures of frontiers, tables and finetune curves (the chain has its own module).
 
-Every function takes core's frozen dataclasses (Chain, Tables, Solution, FrontierPoint) and returns
-a new ``go.Figure``; none imports Streamlit, so each can be tried in a notebook.
+Every function takes core's frozen dataclasses or plain records and returns a new ``go.Figure``;
+none imports Streamlit, so each can be tried in a notebook.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from core.chain import Chain
 from core.dp import FrontierPoint
 from core.solution import Solution
 from core.tables import Tables
 
 __all__ = [
     "METHOD_COLORS",
-    "chain_figure",
     "frontier_figure",
     "table_heatmap",
+    "accuracy_curves",
+    "eps_loss_curves",
 ]
 
 METHOD_COLORS = {"layermerge": "#e4572e", "depth": "#4c72b0", "layer": "#55a868"}
-KEPT, REMOVED, PRUNABLE, FIXED = "#2a9d8f", "#bbbbbb", "#f4a261", "#8d99ae"
-_BOX_HALF = 0.36  # half-width of a conv box, in positions
-
-
-def chain_figure(chain: Chain, solution: Solution | None = None, *, height: int = 300) -> go.Figure:
-    """The chain: convs as boxes with kernel sizes, activation slots, residual arcs and breaks.
-
-    Without a solution, reducible (prunable) convs are orange and every activation is drawn as in
-    the original network. With one, pruned convs are grey, removed activations are hollow, and
-    each merged segment is a shaded band labelled with its merged kernel size. Shapes and traces
-    are collected first and handed to plotly once (one ``add_shape`` per box costs milliseconds).
-    """
-    kept = set(solution.kept_convs) if solution is not None else None
-    acts = set(solution.kept_activations) if solution is not None else None
-    shapes: list[dict] = []
-    annotations: list[dict] = []
-    if solution is not None:  # shaded bands: one per merged segment
-        for seg in solution.segments:
-            shapes.append(
-                {
-                    "type": "rect",
-                    "x0": seg.start + 0.5,
-                    "x1": seg.end + 0.5,
-                    "y0": -0.55,
-                    "y1": 1.55,
-                    "fillcolor": "rgba(228,87,46,0.08)",
-                    "layer": "below",
-                    "line": {"color": "rgba(228,87,46,0.5)", "dash": "dot"},
-                }
-            )
-            annotations.append(
-                {
-                    "x": (seg.start + seg.end) / 2 + 0.5,
-                    "y": -0.85,
-                    "showarrow": False,
-                    "text": "removed" if seg.kernel == 0 else f"→ {seg.kernel}×{seg.kernel}",
-                    "font": {"size": 11, "color": METHOD_COLORS["layermerge"]},
-                }
-            )
-    xs, texts, hover, ink = [], [], [], []
-    for conv in chain.convs:
-        pruned = kept is not None and conv.index not in kept
-        if pruned:
-            color = REMOVED
-        elif kept is None and conv.index > 0 and conv.reducible:
-            color = PRUNABLE
-        else:
-            color = KEPT
-        shapes.append(
-            {
-                "type": "rect",
-                "x0": conv.index - _BOX_HALF,
-                "x1": conv.index + _BOX_HALF,
-                "y0": 0,
-                "y1": 1,
-                "fillcolor": color,
-                "layer": "below",
-                "line": {"color": "#333", "width": 1, "dash": "dot" if pruned else "solid"},
-            }
-        )
-        label = f"{conv.kernel}×{conv.kernel}"
-        if conv.depthwise:
-            label += "<br>dw"
-        if conv.stride > 1:
-            label += f"<br>/{conv.stride}"
-        xs.append(conv.index)
-        texts.append(label)
-        ink.append("white" if color == KEPT else "#222")
-        role = (
-            "prunable (same channels, stride 1)" if conv.reducible and conv.index else "kept always"
-        )
-        hover.append(
-            f"conv {conv.index}: {conv.name}<br>{conv.kernel}×{conv.kernel}, stride {conv.stride}, "
-            f"groups {conv.groups}<br>{conv.in_channels} → {conv.out_channels} channels, input "
-            f"{'×'.join(map(str, conv.input_shape))}<br>{role}"
-            + (" · pruned in this solution" if pruned else "")
-        )
-    last = chain.last_position
-    for position in sorted(chain.breaks):
-        if 0 < position < last:
-            shapes.append(
-                {
-                    "type": "line",
-                    "x0": position + 0.5,
-                    "x1": position + 0.5,
-                    "y0": 0,
-                    "y1": 1,
-                    "yref": "paper",
-                    "line": {"color": "#888", "dash": "dash", "width": 1},
-                }
-            )
-    shapes.append(
-        {
-            "type": "rect",
-            "x0": last + 0.7,
-            "x1": last + 1.7,
-            "y0": 0.1,
-            "y1": 0.9,
-            "fillcolor": FIXED,
-            "line": {"color": "#333", "width": 1},
-            "layer": "below",
-        }
-    )
-    head = " → ".join(op.kind.replace("adaptive_", "").replace("2d", "") for op in chain.head)
-    annotations.append(
-        {"x": last + 1.2, "y": 0.5, "text": "head", "showarrow": False, "hovertext": head}
-    )
-    traces = [
-        {
-            "type": "scatter",
-            "x": xs,
-            "y": [0.5] * len(xs),
-            "mode": "text",
-            "text": texts,
-            "textfont": {"size": 11, "color": ink},
-            "hovertext": hover,
-            "hoverinfo": "text",
-            "showlegend": False,
-        },
-        _activation_markers(chain, acts),
-        *_residual_arcs(chain),
-    ]
-    for name, color in (("kept conv", KEPT), ("prunable conv", PRUNABLE), ("pruned conv", REMOVED)):
-        if name == "pruned conv" and kept is None or name == "prunable conv" and kept is not None:
-            continue
-        traces.append(
-            {
-                "type": "scatter",
-                "x": [None],
-                "y": [None],
-                "mode": "markers",
-                "name": name,
-                "marker": {"symbol": "square", "size": 12, "color": color},
-            }
-        )
-    layout = {
-        "height": height,
-        "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
-        "xaxis": {
-            "title": {"text": "position (conv index)"},
-            "range": [-0.8, last + 1.9],
-            "dtick": 1,
-            "showgrid": False,
-            "zeroline": False,
-        },
-        "yaxis": {"visible": False, "range": [-1.1, 2.9]},
-        "legend": {"orientation": "h", "y": 1.12, "x": 0},
-        "plot_bgcolor": "white",
-        "shapes": shapes,
-        "annotations": annotations,
-    }
-    return go.Figure({"data": traces, "layout": layout})
-
-
-def _activation_markers(chain: Chain, acts: set[int] | None) -> dict:
-    symbols, colors, hover = [], [], []
-    for position, kind in enumerate(chain.activations):
-        if acts is not None and position not in acts:
-            symbols.append("circle-open")
-            colors.append(REMOVED)
-            hover.append(f"position {position}: {kind or 'linear'} removed (identity)")
-        elif kind is None:
-            symbols.append("diamond-open")
-            colors.append("#333")
-            hover.append(f"position {position}: no activation in the original (linear)")
-        else:
-            symbols.append("circle")
-            colors.append("#264653")
-            hover.append(f"position {position}: {kind} kept")
-    count = len(chain.activations)
-    return {
-        "type": "scatter",
-        "x": [p + 0.5 for p in range(count)],
-        "y": [0.5] * count,
-        "mode": "markers",
-        "hovertext": hover,
-        "hoverinfo": "text",
-        "marker": {
-            "symbol": symbols,
-            "size": 10,
-            "color": colors,
-            "line": {"width": 2, "color": colors},
-        },
-        "name": "activation (hollow: removed)",
-    }
-
-
-def _residual_arcs(chain: Chain) -> list[dict]:
-    """All residual spans as one line trace of arcs (None between arcs breaks the line)."""
-    xs: list[float | None] = []
-    ys: list[float | None] = []
-    hover: list[str | None] = []
-    angles = np.linspace(0, math.pi, 24)
-    for span in chain.residuals:
-        left, right = span.start + 0.5, span.end + 0.5
-        rise = 0.9 * min(1.0, 0.35 + 0.2 * (span.end - span.start))
-        skip = "1×1 shortcut conv" if span.shortcut else "identity skip"
-        xs.extend(((left + right) / 2 - (right - left) / 2 * np.cos(angles)).tolist() + [None])
-        ys.extend((1.1 + rise * np.sin(angles)).tolist() + [None])
-        hover.extend([f"residual ({span.start}, {span.end}]: {skip}"] * len(angles) + [None])
-    if not xs:
-        return []
-    return [
-        {
-            "type": "scatter",
-            "x": xs,
-            "y": ys,
-            "mode": "lines",
-            "hovertext": hover,
-            "hoverinfo": "text",
-            "line": {"color": "#6c757d", "width": 1.5},
-            "name": "residual span",
-        }
-    ]
+_CURVE_MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
 
 
 def frontier_figure(
@@ -354,5 +143,49 @@ def table_heatmap(
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         xaxis={"title": "end j", "dtick": 1 if last <= 20 else 5},
         yaxis={"title": "start i", "autorange": "reversed", "dtick": 1 if last <= 20 else 5},
+    )
+    return figure
+
+
+def accuracy_curves(history: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """A classifier finetune so far: training loss and training accuracy per step."""
+    frame = pd.DataFrame(history)
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    figure.add_trace(go.Scatter(x=frame.step, y=frame.loss, name="loss"), secondary_y=False)
+    figure.add_trace(
+        go.Scatter(x=frame.step, y=frame.accuracy, name="train accuracy %"), secondary_y=True
+    )
+    figure.update_layout(
+        height=300,
+        margin=_CURVE_MARGIN,
+        xaxis_title="step",
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return figure
+
+
+def eps_loss_curves(history: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """A diffusion finetune so far: training ε-loss per step, holdout ε-loss where measured."""
+    frame = pd.DataFrame(history)
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=frame.step, y=frame.loss, name="training ε-loss (MSE)"))
+    marks = frame.dropna(subset=["holdout"])
+    if len(marks):
+        figure.add_trace(
+            go.Scatter(
+                x=marks.step,
+                y=marks.holdout,
+                name="holdout ε-loss (sum over pixels)",
+                mode="lines+markers",
+                yaxis="y2",
+            )
+        )
+    figure.update_layout(
+        height=300,
+        margin=_CURVE_MARGIN,
+        xaxis_title="step",
+        yaxis={"title": "training"},
+        yaxis2={"title": "holdout", "overlaying": "y", "side": "right"},
+        legend={"orientation": "h", "y": 1.15},
     )
     return figure

@@ -21,7 +21,7 @@ import streamlit as st
 
 from core.errors import LayerMergeError
 
-__all__ = ["Job", "JobCancelled", "JobRegistry", "registry"]
+__all__ = ["Job", "JobCancelled", "JobRegistry", "registry", "progress_reporter"]
 
 RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
 MAX_FINISHED = 64  # finished jobs kept per server process (the oldest go first)
@@ -130,3 +130,14 @@ class JobRegistry:
 def registry() -> JobRegistry:
     """The one registry of this server process."""
     return JobRegistry()
+
+
+def progress_reporter(job: Job, stage: str) -> Callable[[int, int, float | None], None]:
+    """A core progress callback that updates ``job`` and stops the work when it is cancelled."""
+
+    def report(done: int, total: int, eta_s: float | None) -> None:
+        if job.cancel.is_set():
+            raise JobCancelled  # core saves finished entries before it stops
+        job.report(done, total, eta_s, stage)
+
+    return report

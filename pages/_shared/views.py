@@ -1,4 +1,4 @@
-"""Layout pieces more than one page draws: the solution summary, frontier picks, measurements."""
+"""Layout pieces every family shares: frontier picks, the solution summary, table listings."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from core.chain import Chain
 from core.dp import FrontierPoint, pick
 from core.solution import Solution
 from core.surgery import activation_plan
-from pages import _shared as shared
-from pages._shared import figures
+from core.tables import Tables
+from pages._shared.chain_figure import chain_figure
+from pages._shared.tables_in_use import TablesInUse, frontiers, tables_in_use
 
 __all__ = [
     "forget_pick",
@@ -24,7 +25,8 @@ __all__ = [
     "chosen_solution",
     "solution_rows",
     "solution_summary",
-    "measure_panel",
+    "entries_frame",
+    "pair_or_blanks",
 ]
 
 
@@ -54,10 +56,10 @@ def point_from_selection(
 def take_pick() -> None:
     """on_select of the frontier chart: select the clicked point and move the slider to it."""
     event = st.session_state.get("frontier_chart")
-    used = shared.tables_in_use()
+    used = tables_in_use()
     if not event or used is None:
         return
-    fronts = shared.frontiers(used)
+    fronts = frontiers(used)
     picked = point_from_selection(event["selection"]["points"], fronts)
     if picked is None:
         return
@@ -77,7 +79,7 @@ def chosen_solution(
         InfeasibleBudgetError: no solution of ``method`` fits ``budget_ms``.
     """
     picked = st.session_state.get("picked")
-    used = shared.tables_in_use()
+    used = tables_in_use()
     if picked and used is not None and picked[0] == used.tables.digest:
         _, picked_method, index = picked
         if picked_method in fronts and index < len(fronts[picked_method]):
@@ -112,13 +114,14 @@ def solution_rows(solution: Solution, chain: Chain) -> pd.DataFrame:
 def solution_summary(
     solution: Solution,
     chain: Chain,
-    used: shared.TablesInUse,
+    used: TablesInUse,
     *,
-    rows: pd.DataFrame | None = None,
+    rows: pd.DataFrame,
 ) -> None:
     """Metrics, kept/removed activations, pruned convs, the merged layers and the chain picture.
 
-    ``rows`` replaces :func:`solution_rows` (a UNet names its activations its own way).
+    ``rows`` are the merged layers as the model's panel lists them (:func:`solution_rows`, or a
+    UNet's, which names its activations its own way).
     """
     positions = range(1, chain.last_position + 1)
     removed_acts = [p for p in positions if p not in solution.kept_activations]
@@ -157,9 +160,9 @@ def solution_summary(
         f"kept activations after positions {_listing(kept_acts)} · "
         f"removed activations at {_listing(removed_acts)} · pruned convs {_listing(pruned)}"
     )
-    st.plotly_chart(figures.chain_figure(chain, solution, height=260), key="solution_chain")
+    st.plotly_chart(chain_figure(chain, solution, height=260), key="solution_chain")
     st.dataframe(
-        solution_rows(solution, chain) if rows is None else rows,
+        rows,
         hide_index=True,
         key="solution_table",
         column_config={
@@ -169,44 +172,32 @@ def solution_summary(
     )
 
 
-def measure_panel(solution: Solution, used: shared.TablesInUse) -> None:
-    """A button that builds the real merged network and times it beside the prediction."""
-    key = shared.solution_key(solution)
-    stored = st.session_state.measurements.get(key)
-    if st.button(
-        "Measure the merged network",
-        key="measure",
-        help="builds it with "
-        "core.merge.merge_model and times it against the original, side by side",
-    ):
-        with st.spinner("Merging and timing…"):
-            stored = shared.measure_solution(solution, used)
-        st.session_state.measurements[key] = stored
-    if stored is None:
-        st.caption("Prediction only: the table sum. Measure to see the real merged network's time.")
-        return
-    frame = pd.DataFrame(
+def entries_frame(tables: Tables) -> pd.DataFrame:
+    """Every table entry as a sortable frame (the Tables page's full listing)."""
+    return pd.DataFrame(
         [
             {
-                "network": "original (BN folded)",
-                "table sum ms": used.original_ms,
-                "measured ms": stored["original_ms"],
-                "main-path convs": stored["original_depth"],
-            },
-            {
-                "network": "merged",
-                "table sum ms": solution.latency_ms,
-                "measured ms": stored["merged_ms"],
-                "main-path convs": stored["merged_depth"],
-            },
+                "start": e.start,
+                "end": e.end,
+                "kernel": e.kernel,
+                "removal": e.kernel == 0,
+                "depthwise": e.depthwise,
+                "stride": e.stride,
+                "kept convs": str(list(e.kept_convs)),
+                "latency ms": e.latency_ms,
+                "spread ms": e.latency_spread_ms,
+                "importance": e.importance,
+                "Δacc (pp)": e.delta_acc,
+                "Δloss": e.delta_loss,
+            }
+            for e in tables.entries
         ]
     )
-    st.dataframe(frame, hide_index=True, key="measure_table")
-    st.markdown(
-        f"Speed-up predicted **{stored['predicted_speedup']:.2f}×**, measured "
-        f"**{stored['measured_speedup']:.2f}×** ({stored['how']}). The prediction counts the "
-        "layers outside the table (pooling, classifier) as unchanged."
-    )
+
+
+def pair_or_blanks(stored: Mapping[str, Any] | None, first: str, second: str) -> tuple[Any, Any]:
+    """Two fields of a measurement or result, or two blanks when there is none (table cells)."""
+    return (stored[first], stored[second]) if stored else (None, None)
 
 
 def _listing(values: Sequence[int]) -> str:

@@ -26,8 +26,8 @@ from core.families.unet.importance import UNetImportanceConfig, estimate_unet_im
 from core.families.unet.latency import measure_unet_latency
 from core.families.unet.unet import DEMO_UNET_CONFIG, build_unet, save_unet_folder, unet_from_config
 from core.latency import LatencyConfig
-from pages._shared.diffusion import FD_LABEL
 from pages._shared.jobs import registry
+from pages._shared.panels.samples_results import FD_LABEL
 from tests.app.support import open_page, texts, wait_until
 
 UNET = "digits_unet"

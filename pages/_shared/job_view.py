@@ -1,0 +1,56 @@
+"""The live view of a background job: progress, a cancel button, and what stopped it.
+
+A fragment polls the job once a second while it runs and draws only from the job's plain fields
+(the worker never calls Streamlit); when the job ends, the whole page reruns around its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from pages._shared.jobs import Job, registry
+
+__all__ = ["job_panel"]
+
+
+def job_panel(
+    job: Job,
+    kind: str,
+    *,
+    cancel_label: str,
+    extra: Callable[[Job], None] | None = None,
+    stopped_note: str = "its finished work is saved.",
+) -> None:
+    """A live view of ``job``, with ``extra(job)`` drawn under it (curves, results).
+
+    ``stopped_note`` ends the message shown once the job was stopped (what is kept of it).
+    """
+    seen = f"{kind}_job_seen_running"
+
+    @st.fragment(run_every=1.0 if job.active else None)
+    def poll() -> None:
+        current = registry().get(job.id) or job
+        if current.active:
+            st.session_state[seen] = True
+            eta = f", about {current.eta_s:.0f} s left" if current.eta_s is not None else ""
+            stage = current.stage or "starting"
+            st.progress(
+                current.fraction,
+                text=f"{current.title}: {stage} {current.done}/{current.total or '?'}{eta}",
+            )
+            if st.button(cancel_label, key=f"cancel_{kind}"):
+                current.cancel.set()
+        elif current.status == "failed":
+            st.error(f"{current.title} failed: {(current.error or '').splitlines()[0]}")
+        elif current.status == "cancelled":
+            st.warning(
+                f"{current.title} was stopped at {current.done}/{current.total}; {stopped_note}"
+            )
+        if extra is not None:
+            extra(current)
+        if not current.active and st.session_state.pop(seen, False):
+            st.rerun(scope="app")  # it just finished: redraw the page around its result
+
+    poll()

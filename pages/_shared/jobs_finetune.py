@@ -1,0 +1,240 @@
+"""The finetune job: the solution's training form trained, merged and evaluated, in the background.
+
+One function per family's pipeline as core runs it today (surgery → finetune → merge →
+evaluate); each is the single place to swap for core's finetune workflow. A job checkpoints as it
+trains, so ``resume_of`` continues a cancelled job where it stopped, with the same model and
+options.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.data import load_data
+from core.families.unet.data import load_diffusion_data
+from core.families.unet.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
+from core.families.unet.flow import apply_unet_solution
+from core.families.unet.loss import epsilon_loss
+from core.families.unet.merge import merge_unet
+from core.families.unet.quality import digits_fd
+from core.families.unet.sampling import DEFAULT_SAMPLING_STEPS, ddim_sample, sample_grid
+from core.finetune import FinetuneConfig, FinetuneProgress, evaluate, finetune
+from core.merge import merge, merge_model
+from core.solution import Solution
+from core.surgery import build_training_network
+from pages._shared import caches, state
+from pages._shared.grids import GRID_ROWS, SAMPLE_SEED, SAMPLES
+from pages._shared.jobs import Job, progress_reporter, registry
+from pages._shared.jobs_tables import check_unet_data
+from pages._shared.paths import APP_RUNS
+from pages._shared.state import ModelChoice
+
+__all__ = ["start_classifier_finetune", "start_unet_finetune", "finetuned_result"]
+
+Weights = dict[str, torch.Tensor] | None  # a session's uploaded state_dict
+MAX_HISTORY = 5000  # progress points kept per finetune job (every step up to this)
+
+
+def start_classifier_finetune(
+    solution: Solution, config: FinetuneConfig, *, resume_of: Job | None = None
+) -> Job:
+    """Finetune a classifier's training form of ``solution``, merge it, test it (accuracy)."""
+    which, weights = _model_of(resume_of)
+    model = caches.bundle(which, weights=weights).model  # shared: only read (core copies it)
+    traced = caches.chain(which, weights=weights)
+    checkpoint = _checkpoint_path(resume_of, "checkpoint.pt")
+
+    def work(job: Job) -> dict[str, Any]:
+        job.stage = "loading the data"
+        splits = load_data(which.data_spec, input_size=which.input_size)
+        job.stage = "testing the original"
+        before = evaluate(model, splits.test)
+        unfinetuned = evaluate(merge_model(model, traced, solution), splits.test)
+        training = build_training_network(model, traced, solution)
+        job.stage = "finetuning"
+
+        def progress(report: FinetuneProgress) -> None:
+            job.report(report.step, report.total_steps, report.eta_s, "finetuning")
+            if len(job.history) < MAX_HISTORY:
+                job.history.append(
+                    {"step": report.step, "loss": report.loss, "accuracy": report.accuracy}
+                )
+
+        result = finetune(
+            training,
+            splits.finetune,
+            config=config,
+            teacher=model if config.distill_alpha else None,
+            checkpoint_path=checkpoint,
+            resume=True,
+            progress=progress,
+            cancel=job.cancel,
+            metadata={"model": which.name, "solution": solution.to_dict()},
+        )
+        if result.status != "completed":
+            return {"status": result.status, "step": result.step}
+        job.stage = "merging and testing"
+        merged = merge(result.network, traced, solution)
+        return {
+            "status": "completed",
+            "merged": merged,
+            "before": before,
+            "unfinetuned": unfinetuned,
+            "after": evaluate(merged, splits.test),
+            "steps": result.step,
+            "seconds": result.elapsed_s,
+        }
+
+    return _start(which, weights, solution, config, work, resume_of, checkpoint=checkpoint)
+
+
+def start_unet_finetune(
+    solution: Solution,
+    config: UNetFinetuneConfig,
+    *,
+    fd_samples: int = 0,
+    sampling_steps: int = DEFAULT_SAMPLING_STEPS,
+    resume_of: Job | None = None,
+) -> Job:
+    """Finetune a UNet's training form of ``solution`` with the ε-loss, merge it, sample it.
+
+    The worker reports every step (training loss, holdout loss at evaluation steps) and stops
+    before its next step on cancel. Afterwards it draws the same-seed grids of the original, the
+    merged UNet before finetuning and after, and (``fd_samples`` > 1) their digits-FD.
+    """
+    which, _ = _model_of(resume_of)
+    bundle, uchain = caches.bundle(which), caches.traced(which)
+    check_unet_data(bundle)
+    model = bundle.model  # shared: only read (apply_unet_solution copies it)
+    checkpoint = _checkpoint_path(resume_of, "state.pt")
+
+    def work(job: Job) -> dict[str, Any]:
+        job.stage = "loading the data"
+        data = load_diffusion_data(which.data_spec, bundle.input_size)
+        job.stage = "building the training form"
+        built = apply_unet_solution(model, uchain, solution)
+        job.stage = "finetuning"
+
+        def progress(report: UNetFinetuneProgress) -> None:
+            eta = (
+                report.elapsed_s / report.step * (report.steps - report.step)
+                if report.step
+                else None
+            )
+            job.report(report.step, report.steps, eta, "finetuning")
+            if len(job.history) < MAX_HISTORY:
+                job.history.append(
+                    {"step": report.step, "loss": report.train_loss, "holdout": report.holdout_loss}
+                )
+
+        result = finetune_unet(
+            built.training_network,
+            data,
+            config,
+            progress=progress,
+            should_stop=job.cancel.is_set,
+            checkpoint=checkpoint,
+        )
+        if result.stopped:
+            return {"status": "stopped", "steps": result.steps_done}
+        job.stage = "merging"
+        merged = merge_unet(result.unet)
+        networks = {"original": model, "before": built.merged_network, "after": merged}
+        grids, fd = _samples(job, networks, fd_samples, sampling_steps)
+        return {
+            "status": "completed",
+            "merged": merged,
+            "holdout_original": epsilon_loss(model, data.holdout),
+            "holdout_before": result.holdout_loss_before,
+            "holdout_after": result.holdout_loss_after,
+            "grids": grids,
+            "fd": fd,
+            "fd_samples": fd_samples,
+            "sampling_steps": sampling_steps,
+            "steps": result.steps_done,
+            "seconds": result.elapsed_s,
+        }
+
+    options = {"fd_samples": fd_samples, "sampling_steps": sampling_steps}
+    return _start(which, None, solution, config, work, resume_of, checkpoint=checkpoint, **options)
+
+
+def finetuned_result(solution: Solution) -> dict[str, Any] | None:
+    """The session's completed finetune of ``solution`` on the current model, if there is one."""
+    job = registry().get(state.job_id("finetune"))
+    if job is None or job.status != "done" or not isinstance(job.result, dict):
+        return None
+    if job.result.get("status") != "completed" or job.config.get("choice") != state.choice():
+        return None
+    if state.solution_key(job.config["solution"]) != state.solution_key(solution):
+        return None
+    return job.result
+
+
+def _samples(
+    job: Job, networks: dict[str, Any], fd_samples: int, steps: int
+) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
+    """Same-seed sample grids of each network and, for ``fd_samples`` > 1, their digits-FD."""
+    reporter = progress_reporter(job, "sampling")
+    count = max(SAMPLES, fd_samples)
+    grids: dict[str, np.ndarray] = {}
+    fd: dict[str, float] | None = {} if fd_samples > 1 else None
+    for index, (name, network) in enumerate(networks.items()):
+        images = ddim_sample(
+            network,
+            count,
+            steps=steps,
+            seed=SAMPLE_SEED,
+            progress=lambda done, total, i=index: reporter(i * total + done, 3 * total, None),
+        )
+        grids[name] = sample_grid(images[:SAMPLES], GRID_ROWS)
+        if fd is not None:
+            job.stage = "digits-FD"
+            fd[name] = digits_fd(images[:fd_samples])
+    return grids, fd
+
+
+def _model_of(resume_of: Job | None) -> tuple[ModelChoice, Weights]:
+    """The model (and uploaded weights) to train: the resumed job's, else the session's."""
+    if resume_of is not None:
+        return resume_of.config["choice"], resume_of.config.get("state_dict")
+    return state.choice(), state.weights()
+
+
+def _checkpoint_path(resume_of: Job | None, file_name: str) -> str:
+    if resume_of is not None:
+        return resume_of.config["checkpoint"]
+    return str(APP_RUNS / "finetune" / uuid.uuid4().hex[:12] / file_name)
+
+
+def _start(
+    which: ModelChoice,
+    weights: Weights,
+    solution: Solution,
+    config: FinetuneConfig | UNetFinetuneConfig,
+    work: Callable[[Job], dict[str, Any]],
+    resume_of: Job | None,
+    **settings: Any,
+) -> Job:
+    """Start ``work``, carrying the resumed job's curve on; remember the job's id."""
+    job = registry().start(
+        "finetune",
+        f"finetune {solution.method} of {which.label}",
+        work,
+        config={
+            "solution": solution,
+            "choice": which,
+            "state_dict": weights,
+            "finetune": config,
+            **settings,
+        },
+    )
+    if resume_of is not None:
+        job.history = list(resume_of.history)
+    state.remember_job("finetune", job.id)
+    return job

@@ -1,0 +1,63 @@
+"""The Export page on every family's demo model: its checkpoint and ONNX files are the network the
+page describes (the merged, not finetuned, solution), as core's family builds it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from streamlit.runtime.media_file_manager import MediaFileManager
+
+from core.export import load
+from core.families import family_for
+from core.tables import read_manifest
+from tests.app.support import open_page, texts
+
+DEMO_MODELS = sorted({entry["model"] for entry in read_manifest()})
+
+
+def as_array(output: Any) -> np.ndarray:
+    """A network's output as an array (a diffusers UNet wraps its tensor in ``.sample``)."""
+    return getattr(output, "sample", output).detach().numpy()
+
+
+@pytest.mark.parametrize("model", DEMO_MODELS)
+def test_the_downloads_hold_the_merged_network(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    deferred: dict[str, Any] = {}  # what each download button would run on click
+    original = MediaFileManager.add_deferred
+
+    def record(self: MediaFileManager, data: Any, *args: Any, **kwargs: Any) -> str:
+        file_id = original(self, data, *args, **kwargs)
+        deferred[file_id] = data
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    at = open_page()
+    if model != at.session_state["choice"].name:
+        at.selectbox(key="model_name").set_value(model)
+        at.button(key="use_model").click().run()
+    at.switch_page("pages/export.py").run()
+    assert not at.exception, at.exception[0].value if at.exception else ""
+    assert "merged without finetuning" in texts(at)
+    solution = at.session_state["solution"]
+
+    checkpoint = deferred[at.download_button(key="download_checkpoint").proto.deferred_file_id]()
+    network = load(checkpoint)
+    family = family_for(model)
+    bundle = family.load(model)
+    traced = family.trace(bundle)
+    expected = family.merge(family.training_form(bundle.model, traced, solution), traced, solution)
+    inputs = family.onnx_inputs(traced, batch=2)
+    with torch.no_grad():
+        want = as_array(expected(*inputs.values()))
+        got = as_array(network(*inputs.values()))
+    scale = float(np.abs(want).max())
+    assert float(np.abs(want - got).max()) <= 1e-5 * scale
+
+    onnx = deferred[at.download_button(key="download_onnx").proto.deferred_file_id]()
+    session = onnxruntime.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    ran = session.run(None, {name: value.numpy() for name, value in inputs.items()})[0]
+    assert float(np.abs(want - ran).max()) <= 1e-4 * scale
