@@ -718,3 +718,19 @@ def test_solution_files_without_an_objective_are_the_papers() -> None:
         data.pop(key, None)
     old = Solution.from_dict(data)
     assert old.objective == "paper" and old.metric == "" and old.predicted is None
+
+
+def test_the_benchmarks_synthetic_table_keeps_its_stated_budget_base() -> None:
+    """bench/bench_dp.py's "50%" must be 50% of keeping everything, the 40 ms it states."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_dp.py"
+    spec = importlib.util.spec_from_file_location("bench_dp", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tables = bench.mobilenet_v2_like_tables()
+    assert tables.original_latency_ms == pytest.approx(bench.KEEP_EVERYTHING_MS, abs=1e-9)
+    keep = dp.solve(tables, budget_fraction=1.0)
+    assert keep.importance >= 0.0 and keep.latency_ms <= bench.KEEP_EVERYTHING_MS + 1e-9
