@@ -82,6 +82,8 @@ def test_the_task_evaluates_the_original(name: str) -> None:
 def test_a_checkpoint_of_no_family_is_refused_in_one_line(tmp_path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"format": "something-else", "state_dict": {}}, path)
-    with pytest.raises(UnsafeCheckpointError, match="not a LayerMerge compressed checkpoint") as info:
+    with pytest.raises(
+        UnsafeCheckpointError, match="not a LayerMerge compressed checkpoint"
+    ) as info:
         export.load(path)
     assert "\n" not in str(info.value)
