@@ -414,16 +414,16 @@ def mobilenet_v2(*, width: float = 1.0, num_classes: int = 1000) -> nn.Module:
 
 @register_model("digits_resnet", input_size=32, num_classes=10, has_width=True, demo=True)
 def digits_resnet(*, width: float = 1.0, num_classes: int = 10) -> nn.Module:
-    """The demo's small CIFAR-style ResNet (core.demo_models.DigitsResNet)."""
-    from core.demo_models import DigitsResNet
+    """The demo's small CIFAR-style ResNet (core.demo_architectures.DigitsResNet)."""
+    from core.demo_architectures import DigitsResNet
 
     return DigitsResNet(width=width, num_classes=num_classes)
 
 
 @register_model("digits_mobilenet", input_size=32, num_classes=10, has_width=True, demo=True)
 def digits_mobilenet(*, width: float = 1.0, num_classes: int = 10) -> nn.Module:
-    """The demo's small MobileNetV2-style net (core.demo_models.DigitsMobileNet)."""
-    from core.demo_models import DigitsMobileNet
+    """The demo's small MobileNetV2-style net (core.demo_architectures.DigitsMobileNet)."""
+    from core.demo_architectures import DigitsMobileNet
 
     return DigitsMobileNet(width=width, num_classes=num_classes)
 
