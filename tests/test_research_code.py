@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core.chain import trace_chain
+from core.chain import Chain, trace_chain
 from core.data import CIFAR10_MEAN, CIFAR10_STD, data_input_size, load_data
 from core.errors import UnsafeCheckpointError
 from core.families import family_named
@@ -45,7 +45,7 @@ MODEL = f"{REPO / RESEARCH_FILE}:resnet20"
 
 _DIGEST_SCRIPT = """
 import sys
-from core.chain import trace_chain
+from core.chain import Chain, trace_chain
 from core.models import build_model
 
 bundle = build_model(sys.argv[1], input_size=32)
@@ -72,6 +72,7 @@ def test_the_research_file_traces_as_written(research_model: nn.Module) -> None:
     assert sum(r.is_identity for r in chain.residuals) == 7
     # F.avg_pool2d(out, out.size()[3]) is a global pool; out.view(out.size(0), -1) a flatten
     assert [op.kind for op in chain.head] == ["adaptive_avgpool2d", "flatten", "linear"]
+    assert Chain.from_dict(chain.to_dict()) == chain  # channel_pad survives JSON
 
 
 def test_it_is_rebuilt_and_merged_exactly(research_model: nn.Module) -> None:
