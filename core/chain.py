@@ -9,12 +9,25 @@ refused with :class:`UnsupportedLayerError` naming the module: an op is never gu
 
 Positions are numbered ``0..N``: position ``p`` is the point just after conv ``p`` (and its BN, its
 residual add and its activation). Conv 0 (the stem) is always kept with its activation.
+
+Models are traced as research code writes them, with no rewrite: functional activations
+(``F.relu``, ``torch.relu``, ``x.relu()``, in-place variants), flattening by
+``x.view(x.size(0), -1)``, pooling by ``F.avg_pool2d(x, x.size(3))`` or ``x.mean((2, 3))``,
+helper functions and lambdas called from ``forward``, and the parameter-free "option A" shortcut
+of CIFAR ResNets (``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))``), which is linear and so is
+absorbed by a merge exactly like a fixed 1x1 strided conv. Shape arguments (``x.size(3)``) are
+read from the traced input, so the chain is specific to its input size, as it always was.
+
+Every name stored in a chain is stable across processes (module paths, function names), never an
+object's ``repr``: the chain's digest keys cached tables, and must not change from one run to the
+next.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import operator
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -23,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from core.errors import UnsupportedLayerError
 
@@ -50,15 +63,32 @@ _ACTIVATION_MODULES: dict[type[nn.Module], str] = {
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.relu: "relu",
     torch.relu: "relu",
+    torch.relu_: "relu",
     F.relu6: "relu6",
     F.silu: "silu",
     F.hardswish: "hardswish",
     F.gelu: "gelu",
     F.mish: "mish",
 }
+_ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu"}  # x.relu(), x.relu_()
 ACTIVATION_KINDS = tuple(sorted(set(_ACTIVATION_MODULES.values())))
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _TRANSPARENT_MODULES = (nn.Identity, nn.Dropout)
+_AVG_POOL_FUNCTIONS = {F.avg_pool2d}  # torch._C._nn.avg_pool2d, as fx records it
+_RESHAPE_METHODS = ("flatten", "view", "reshape", "squeeze")
+_TRACE_BATCH = 2  # not 1, so a flatten that also squeezes the batch dimension is caught
+# What to write instead of an op the chain cannot hold, by op name (the fallback is generic).
+_OP_ADVICE = {
+    "cat": "LayerMerge merges one chain of convs; concatenating branches (Inception, DenseNet) "
+    "cannot be merged",
+    "mul": "a product of two branches (squeeze-excitation, attention) is not linear and cannot be "
+    "merged",
+    "sigmoid": "gates such as squeeze-excitation are not supported",
+    "interpolate": "upsampling belongs to a UNet (the diffusion family), not to a classifier chain",
+    "getitem": "slice inputs only in a residual shortcut (option A: x[:, :, ::2, ::2]); elsewhere "
+    "use a strided conv or a pooling module",
+    "pad": "zero-pad channels only in a residual shortcut (option A); give convs their own padding",
+}
 
 
 @dataclass(frozen=True)
@@ -113,8 +143,12 @@ class OpSpec:
 class ResidualSpan:
     """A residual block whose convs are (start, end]; the skip runs from position start to end.
 
-    ``shortcut`` is the module path of a 1x1 shortcut conv (with ``shortcut_bn``), or None for an
-    identity skip. The add happens after conv ``end``'s BN and before its activation.
+    ``shortcut`` is the module path of a 1x1 shortcut conv (with ``shortcut_bn``). ``channel_pad``
+    marks instead the parameter-free "option A" shortcut of CIFAR ResNets: the skip is subsampled
+    by ``shortcut_stride`` (``x[:, :, ::s, ::s]``) and zero-padded by ``(before, after)`` channels,
+    which is the fixed 1x1 strided conv with identity weights on the original channels and zeros on
+    the padded ones. With neither, the skip is an identity. The add happens after conv ``end``'s
+    BN and before its activation.
     """
 
     start: int
@@ -124,6 +158,26 @@ class ResidualSpan:
     shortcut_stride: int = 1
     shortcut_in_channels: int = 0
     shortcut_out_channels: int = 0
+    channel_pad: tuple[int, int] | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        """The skip adds the block's input as it is (no conv, no subsampling or padding)."""
+        return self.shortcut is None and self.channel_pad is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields; ``channel_pad`` only when set, so older chains keep their digest."""
+        data = asdict(self)
+        if self.channel_pad is None:
+            data.pop("channel_pad")
+        else:
+            data["channel_pad"] = list(self.channel_pad)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResidualSpan:
+        pad = data.get("channel_pad")
+        return cls(**{**data, "channel_pad": None if pad is None else tuple(pad)})
 
 
 @dataclass(frozen=True)
@@ -165,7 +219,7 @@ class Chain:
             "convs": [asdict(c) for c in self.convs],
             "activations": list(self.activations),
             "activation_modules": list(self.activation_modules),
-            "residuals": [asdict(r) for r in self.residuals],
+            "residuals": [r.to_dict() for r in self.residuals],
             "breaks": sorted(self.breaks),
             "post_ops": [[asdict(op) for op in ops] for ops in self.post_ops],
         }
@@ -185,7 +239,7 @@ class Chain:
             ),
             activations=tuple(data["activations"]),
             activation_modules=tuple(data["activation_modules"]),
-            residuals=tuple(ResidualSpan(**r) for r in data["residuals"]),
+            residuals=tuple(ResidualSpan.from_dict(r) for r in data["residuals"]),
             breaks=frozenset(int(b) for b in data["breaks"]),
             post_ops=tuple(tuple(OpSpec(**op) for op in ops) for ops in data["post_ops"]),
             input_shape=tuple(data["input_shape"]),
@@ -194,7 +248,11 @@ class Chain:
         )
 
     def digest(self) -> str:
-        """Digest of the structure (weights excluded), used as a cache and table key."""
+        """Digest of the structure (weights excluded), used as a cache and table key.
+
+        Built from stable names only (module paths, function names, shapes), so the same model
+        gives the same digest in every process.
+        """
         data = self.to_dict()
         for conv in data["convs"]:
             conv.pop("weight_l1")
@@ -227,24 +285,94 @@ def trace_chain(
     was_training = model.training
     model.eval()
     try:
-        graph_module = fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types for untraceable control flow
-        raise UnsupportedLayerError(
-            f"{type(model).__name__} cannot be traced with torch.fx ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); data-dependent control flow is "
-            "not supported"
-        ) from exc
-    example = torch.zeros(1, in_channels, height, width)
-    try:
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(example)
-    except Exception as exc:
-        raise UnsupportedLayerError(
-            f"{type(model).__name__} does not run on a {in_channels}x{height}x{width} input: {exc}"
-        ) from exc
+        try:
+            graph_module = fx.symbolic_trace(model)
+        except Exception as exc:  # fx raises many types for untraceable Python in forward
+            raise UnsupportedLayerError(_trace_failure(model, exc)) from exc
+        example = torch.zeros(_TRACE_BATCH, in_channels, height, width)
+        propagation = _ValueProp(graph_module)
+        try:
+            with torch.no_grad():
+                propagation.run(example)
+        except Exception as exc:  # the user's model failed on this input: say where and why
+            raise UnsupportedLayerError(
+                _run_failure(model, graph_module, propagation.current, exc, example.shape[1:])
+            ) from exc
     finally:
         model.train(was_training)
     return _ChainBuilder(graph_module, (in_channels, height, width)).build()
+
+
+class _ValueProp(fx.Interpreter):
+    """Runs the graph once, recording each tensor's shape and each plain value (``x.size(3)``).
+
+    Like torch.fx's ShapeProp (``node.meta["tensor_meta"]``), which prints a traceback on any
+    failure; research code also passes shapes read at run time as arguments
+    (``F.avg_pool2d(x, x.size(3))``), kept in ``node.meta["value"]`` at the traced input size.
+    ``current`` is the node running, to name it when the model fails.
+    """
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+        elif isinstance(result, int | float | bool | torch.Size) or (
+            isinstance(result, tuple) and all(isinstance(v, int) for v in result)
+        ):
+            n.meta["value"] = result
+        return result
+
+
+def _trace_failure(model: nn.Module, exc: Exception) -> str:
+    """One line for a forward torch.fx cannot trace: which module, which line, what to write."""
+    names = {id(m): name for name, m in model.named_modules()}
+    where = ""
+    frame_module, frame_line = None, ""
+    traceback = exc.__traceback__
+    while traceback is not None:  # the innermost frame running a method of one of the modules
+        frame = traceback.tb_frame
+        code = frame.f_code
+        owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            frame_module = owner
+            frame_line = f"{code.co_filename.rsplit('/', 1)[-1]}:{traceback.tb_lineno}"
+        traceback = traceback.tb_next
+    if frame_module is not None:
+        path = names[id(frame_module)]
+        module = f"module '{path}' ({type(frame_module).__name__})" if path else "its forward"
+        where = f" in {module} at {frame_line}"
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (
+        f"{type(model).__name__} cannot be traced with torch.fx{where}: {detail[:160]}; write "
+        "forward without Python decisions on tensor values (if/while on a tensor, int(x.size(0)), "
+        "tensor.item()): decide them in __init__ or from the layer configuration"
+    )
+
+
+def _run_failure(
+    model: nn.Module,
+    graph_module: fx.GraphModule,
+    node: fx.Node | None,
+    exc: Exception,
+    shape: tuple[int, ...],
+) -> str:
+    """One line for a model that fails on the example input: where, and the likely cause."""
+    where = ""
+    if node is not None and node.op == "call_module":
+        module = graph_module.get_submodule(str(node.target))
+        where = f" at '{node.target}' ({type(module).__name__})"
+    elif node is not None:
+        where = f" at '{node.name}'"
+    message = str(exc).split("While executing")[0]  # fx appends the failing graph node
+    detail = " ".join(message.split())[:160] or type(exc).__name__
+    size = "x".join(str(s) for s in shape)
+    return (
+        f"{type(model).__name__} fails on a {size} input{where} ({type(exc).__name__}: {detail}); "
+        "is that the input size it was made for? give the size it expects (--input-size)"
+    )
 
 
 class _ChainBuilder:
@@ -300,7 +428,7 @@ class _ChainBuilder:
                     )
                 else:
                     activations[position] = kind
-                    activation_modules[position] = self._module_name(node) or str(node.target)
+                    activation_modules[position] = _stable_name(node)
             elif node in adds:
                 residuals.append(
                     self._residual(
@@ -317,11 +445,14 @@ class _ChainBuilder:
                     )
                 )
                 added_at.add(position)
-            elif isinstance(module, _TRANSPARENT_MODULES):
+            elif self._is_transparent(node, module):
                 if position < 0:
                     raise UnsupportedLayerError(f"op {where} comes before the first conv")
-                if self._is_last_conv(node, main_nodes) and isinstance(module, nn.Dropout):
-                    post_ops[position].append(OpSpec("dropout", {"p": module.p}, node.target))
+                dropout = self._dropout_p(node, module)
+                if dropout is not None and self._is_last_conv(node, main_nodes):
+                    post_ops[position].append(
+                        OpSpec("dropout", {"p": dropout}, self._module_name(node))
+                    )
             else:
                 op = self._fixed_op(node, module, where)
                 if position < 0:
@@ -366,14 +497,17 @@ class _ChainBuilder:
             )
             depth[node] = (max(inputs) if inputs else 0) + int(is_conv)
         output = next(n for n in self.nodes if n.op == "output")
-        if len(output.all_input_nodes) != 1:
-            raise UnsupportedLayerError("the model must return exactly one tensor")
+        if len(output.all_input_nodes) != 1 or not _is_tensor(output.all_input_nodes[0]):
+            raise UnsupportedLayerError(
+                "the model must return exactly one tensor (the logits); return a tuple or dict "
+                "from a wrapper, not from the model given to LayerMerge"
+            )
         main: list[fx.Node] = []
         adds: dict[fx.Node, fx.Node] = {}
         current = output.all_input_nodes[0]
         while current.op != "placeholder":
             main.append(current)
-            inputs = current.all_input_nodes
+            inputs = _tensor_inputs(current)
             if len(inputs) == 1:
                 current = inputs[0]
                 continue
@@ -385,9 +519,14 @@ class _ChainBuilder:
                 adds[current] = other
                 current = main_input
                 continue
+            if not inputs:
+                raise UnsupportedLayerError(
+                    f"op {self._where(current)} makes a tensor from no input tensor; the network "
+                    "must be one chain from its input image to its output"
+                )
             raise UnsupportedLayerError(
                 f"op {self._where(current)} combines {len(inputs)} tensors; only residual "
-                "additions of two branches are supported"
+                f"additions of two branches are supported{self._advice(current)}"
             )
         main.append(current)
         main.reverse()
@@ -418,12 +557,13 @@ class _ChainBuilder:
         current = other
         while current not in main_set:
             shortcut_nodes.append(current)
-            if len(current.all_input_nodes) != 1:
+            inputs = _tensor_inputs(current)
+            if len(inputs) != 1:
                 raise UnsupportedLayerError(
                     f"the skip branch of residual add {where} is not a simple chain "
                     f"({self._where(current)})"
                 )
-            current = current.all_input_nodes[0]
+            current = inputs[0]
         start = position_of_node[current]
         if start < 0:
             raise UnsupportedLayerError(f"residual add {where} skips from the network input")
@@ -440,6 +580,8 @@ class _ChainBuilder:
                     f"identity skip of residual add {where} changes shape without a shortcut conv"
                 )
             return span
+        if all(_subsample_step(n) or _channel_pad(n) for n in shortcut_nodes):
+            return self._zero_pad_span(node, where, span, current, shortcut_nodes)
         conv_node, *rest = shortcut_nodes
         conv = self.modules.get(conv_node.target) if conv_node.op == "call_module" else None
         bn_node = rest[0] if rest else None
@@ -451,8 +593,9 @@ class _ChainBuilder:
         ):
             names = ", ".join(self._where(n) for n in shortcut_nodes)
             raise UnsupportedLayerError(
-                f"the skip branch of residual add {where} holds {names}; only an identity or a "
-                "1x1 conv (optionally followed by BatchNorm) can be absorbed"
+                f"the skip branch of residual add {where} holds {names}; only an identity, a "
+                "1x1 conv (optionally followed by BatchNorm) or the option-A shortcut "
+                "F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p)) can be absorbed"
             )
         if conv.kernel_size != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
             raise UnsupportedLayerError(
@@ -467,6 +610,40 @@ class _ChainBuilder:
             shortcut_stride=int(conv.stride[0]),
             shortcut_in_channels=conv.in_channels,
             shortcut_out_channels=conv.out_channels,
+        )
+
+    def _zero_pad_span(
+        self,
+        add: fx.Node,
+        where: str,
+        span: ResidualSpan,
+        source: fx.Node,
+        nodes: list[fx.Node],
+    ) -> ResidualSpan:
+        """The option-A shortcut: subsample by a stride, zero-pad channels; a fixed 1x1 conv."""
+        stride, before, after = 1, 0, 0
+        for n in nodes:
+            step = _subsample_step(n)
+            if step:
+                stride *= step
+            else:
+                pad_before, pad_after = _channel_pad(n) or (0, 0)
+                before, after = before + pad_before, after + pad_after
+        channels, height, width = (int(v) for v in source.meta["tensor_meta"].shape[1:])
+        expected = (channels + before + after, -(-height // stride), -(-width // stride))
+        got = tuple(int(v) for v in nodes[-1].meta["tensor_meta"].shape[1:])
+        if got != expected or got != tuple(int(v) for v in add.meta["tensor_meta"].shape[1:]):
+            raise UnsupportedLayerError(
+                f"the subsample-and-pad skip of residual add {where} gives {got}, not the block's "
+                f"output {tuple(add.meta['tensor_meta'].shape[1:])}"
+            )
+        return ResidualSpan(
+            start=span.start,
+            end=span.end,
+            shortcut_stride=stride,
+            shortcut_in_channels=channels,
+            shortcut_out_channels=expected[0],
+            channel_pad=(before, after),
         )
 
     # -- node kinds -----------------------------------------------------------------------------
@@ -544,8 +721,23 @@ class _ChainBuilder:
             return None
         if node.op == "call_function":
             return _ACTIVATION_FUNCTIONS.get(node.target)
-        if node.op == "call_method" and node.target in ("relu", "relu_"):
-            return "relu"
+        if node.op == "call_method":
+            return _ACTIVATION_METHODS.get(str(node.target))
+        return None
+
+    def _is_transparent(self, node: fx.Node, module: nn.Module | None) -> bool:
+        """Ops that are the identity in eval mode: Identity, dropout, ``x.contiguous()``."""
+        if module is not None:
+            return isinstance(module, _TRANSPARENT_MODULES)
+        if node.op == "call_function":
+            return node.target in (F.dropout, F.dropout2d)
+        return node.op == "call_method" and node.target == "contiguous"
+
+    def _dropout_p(self, node: fx.Node, module: nn.Module | None) -> float | None:
+        if isinstance(module, nn.Dropout):
+            return float(module.p)
+        if node.op == "call_function" and node.target is F.dropout:
+            return float(_arg(node, 1, "p", 0.5))
         return None
 
     def _fixed_op(self, node: fx.Node, module: nn.Module | None, where: str) -> OpSpec:
@@ -591,27 +783,98 @@ class _ChainBuilder:
                 name,
             )
         if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
-            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-            return OpSpec("adaptive_avgpool2d", {"output_size": _plain(size)})
+            return OpSpec(
+                "adaptive_avgpool2d", {"output_size": _plain(_arg(node, 1, "output_size"))}
+            )
+        if node.op == "call_function" and node.target in _AVG_POOL_FUNCTIONS:
+            return self._avg_pool(node, where)
+        if node.op == "call_function" and node.target is F.max_pool2d:
+            return self._max_pool(node, where)
         if node.op == "call_function" and node.target is torch.flatten:
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            start = _arg(node, 1, "start_dim", 0)
+            end = _arg(node, 2, "end_dim", -1)
             return OpSpec("flatten", {"start_dim": int(start), "end_dim": int(end)})
-        if node.op == "call_method" and node.target in ("flatten", "view", "reshape"):
-            if node.target == "flatten":
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-                return OpSpec("flatten", {"start_dim": int(start), "end_dim": -1})
-            return OpSpec("flatten", {"start_dim": 1, "end_dim": -1})
-        if node.op == "call_method" and node.target == "mean":
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-            if sorted(_plain(dims) if isinstance(dims, tuple | list) else [dims]) == [2, 3]:
+        if node.op == "call_method" and node.target == "flatten":
+            start = _arg(node, 1, "start_dim", 0)
+            end = _arg(node, 2, "end_dim", -1)
+            return OpSpec("flatten", {"start_dim": int(start), "end_dim": int(end)})
+        if node.op == "call_method" and node.target in _RESHAPE_METHODS:
+            return self._reshape(node, where)
+        if (node.op == "call_method" and node.target == "mean") or (
+            node.op == "call_function" and node.target is torch.mean
+        ):
+            dims = _arg(node, 1, "dim")
+            keepdim = _arg(node, 2, "keepdim", False)
+            dims = list(dims) if isinstance(dims, tuple | list) else [dims]
+            if all(isinstance(d, int) for d in dims) and sorted(d % 4 for d in dims) == [2, 3]:
                 return OpSpec("spatial_mean", {"keepdim": bool(keepdim)})
-        kind = type(module).__name__ if module is not None else str(node.target)
+        kind = type(module).__name__ if module is not None else _stable_name(node)
         raise UnsupportedLayerError(
             f"{where} ({kind}) is not supported on a LayerMerge chain; supported are Conv2d, "
-            "BatchNorm2d, activations, residual adds, pools, flatten, dropout and Linear"
+            "BatchNorm2d, activations (ReLU, ReLU6, SiLU, Hardswish, GELU, Mish), residual adds, "
+            "pools, flatten, dropout and Linear" + (self._advice(node) or "")
         )
+
+    def _avg_pool(self, node: fx.Node, where: str) -> OpSpec:
+        """``F.avg_pool2d``; over the whole map (``x.size(3)``) it is a global average pool."""
+        kernel = _pair(_arg(node, 1, "kernel_size"))
+        stride = _arg(node, 2, "stride", None)
+        stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+        padding = _pair(_arg(node, 3, "padding", 0))
+        ceil_mode = bool(_arg(node, 4, "ceil_mode", False))
+        count_include_pad = bool(_arg(node, 5, "count_include_pad", True))
+        if _arg(node, 6, "divisor_override", None) is not None:
+            raise UnsupportedLayerError(
+                f"{where}: avg_pool2d with divisor_override is not supported; use a plain average"
+            )
+        height, width = (int(v) for v in _tensor_inputs(node)[0].meta["tensor_meta"].shape[2:])
+        if kernel == [height, width] and padding == [0, 0]:
+            # F.avg_pool2d(x, x.size(3)): global pooling at any input size, as the model means it
+            return OpSpec("adaptive_avgpool2d", {"output_size": 1})
+        return OpSpec(
+            "avgpool2d",
+            {
+                "kernel_size": kernel,
+                "stride": stride,
+                "padding": padding,
+                "ceil_mode": ceil_mode,
+                "count_include_pad": count_include_pad,
+            },
+        )
+
+    def _max_pool(self, node: fx.Node, where: str) -> OpSpec:
+        kernel = _pair(_arg(node, 1, "kernel_size"))
+        stride = _arg(node, 2, "stride", None)
+        stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+        if _arg(node, 6, "return_indices", False):
+            raise UnsupportedLayerError(f"{where}: max_pool2d with return_indices is not supported")
+        return OpSpec(
+            "maxpool2d",
+            {
+                "kernel_size": kernel,
+                "stride": stride,
+                "padding": _pair(_arg(node, 3, "padding", 0)),
+                "dilation": _pair(_arg(node, 4, "dilation", 1)),
+                "ceil_mode": bool(_arg(node, 5, "ceil_mode", False)),
+            },
+        )
+
+    def _reshape(self, node: fx.Node, where: str) -> OpSpec:
+        """``x.view(x.size(0), -1)``, ``reshape``, ``squeeze``: fine when they flatten per sample."""
+        before = tuple(int(v) for v in _tensor_inputs(node)[0].meta["tensor_meta"].shape)
+        after = tuple(int(v) for v in node.meta["tensor_meta"].shape)
+        if after == (before[0], math.prod(before[1:])):
+            return OpSpec("flatten", {"start_dim": 1, "end_dim": -1})
+        raise UnsupportedLayerError(
+            f"{where} reshapes {before} to {after} (batch {before[0]} at tracing); only flattening "
+            "each sample to a vector is supported: write torch.flatten(x, 1) or "
+            "x.view(x.size(0), -1)"
+        )
+
+    def _advice(self, node: fx.Node) -> str:
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        advice = _OP_ADVICE.get(str(name).rstrip("_"))
+        return f" ({advice})" if advice else ""
 
     # -- breaks ---------------------------------------------------------------------------------
     def _breaks(
@@ -676,6 +939,89 @@ class _ChainBuilder:
             type_name = getattr(module_type, "__name__", str(module_type))
             return f"'{target}' inside module '{path}' ({type_name})"
         return f"'{node.name}' ({node.op} {target})"
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    """Whether a traced node produced a tensor (``x.size(0)`` and its indices do not)."""
+    return isinstance(node.meta.get("tensor_meta"), TensorMetadata)
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    return [n for n in node.all_input_nodes if _is_tensor(n)]
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Argument ``index`` (or keyword ``name``) of a call, shapes read at the traced size."""
+    value = node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+    return _resolve(value, node)
+
+
+def _resolve(value: Any, node: fx.Node) -> Any:
+    if isinstance(value, fx.Node):
+        if "value" not in value.meta:
+            raise UnsupportedLayerError(
+                f"'{node.name}' takes an argument computed from tensor values ({value.name}); "
+                "pass plain numbers or shapes (x.size(3)) instead"
+            )
+        found = value.meta["value"]
+        return list(found) if isinstance(found, torch.Size | tuple) else found
+    if isinstance(value, tuple | list):
+        return [_resolve(v, node) for v in value]
+    return value
+
+
+def _pair(value: Any) -> list[int]:
+    values = list(value) if isinstance(value, tuple | list) else [value, value]
+    return [int(v) for v in (values * 2 if len(values) == 1 else values)]
+
+
+def _subsample_step(node: fx.Node) -> int:
+    """The step s of ``x[:, :, ::s, ::s]`` (a spatial subsample from 0), else 0."""
+    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
+        return 0
+    index = node.args[1]
+    if not isinstance(index, tuple) or not all(isinstance(i, slice) for i in index):
+        return 0
+    if len(index) != 4 or index[0] != slice(None) or index[1] != slice(None):
+        return 0
+    steps = set()
+    for part in index[2:]:
+        if part.start not in (None, 0) or part.stop is not None:
+            return 0
+        steps.add(1 if part.step is None else part.step)
+    step = steps.pop() if len(steps) == 1 else 0
+    return step if isinstance(step, int) and step >= 1 else 0
+
+
+def _channel_pad(node: fx.Node) -> tuple[int, int] | None:
+    """``(before, after)`` of ``F.pad(x, (0, 0, 0, 0, before, after))`` with zeros, else None."""
+    if node.op != "call_function" or node.target is not F.pad:
+        return None
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+    if not isinstance(pad, tuple | list) or not all(isinstance(p, int) for p in pad):
+        return None
+    pad = list(pad) + [0] * (6 - len(pad))
+    if len(pad) not in (6, 8) or any(pad[:4]) or any(pad[6:]) or min(pad) < 0:
+        return None
+    if mode != "constant" or value not in (None, 0, 0.0):
+        return None
+    return int(pad[4]), int(pad[5])
+
+
+def _stable_name(node: fx.Node) -> str:
+    """A name for a node that is the same in every process: never an object's repr.
+
+    Module ops are named by their path; functions by module and name (``torch.nn.functional.relu``);
+    tensor methods by their name (``relu``).
+    """
+    if node.op in ("call_module", "call_method"):
+        return str(node.target)
+    target = node.target
+    name = getattr(target, "__name__", None) or type(target).__name__
+    module = getattr(target, "__module__", None) or "builtins"
+    return f"{module}.{name}"
 
 
 def _plain(value: Any) -> Any:

@@ -14,6 +14,25 @@ augmented copy of a training image. A ``--data SPEC`` string names the dataset:
   ``train/`` and ``val/`` (or ``test/``) subfolders;
 - ``cifar10:PATH``: a CIFAR-10 python-batch folder as torchvision downloads it (never downloaded).
 
+Preprocessing is the user's, spelled as comma-separated options after the path
+(``folder:PATH,norm=cifar,resize=none``), because a model only scores what it was trained to
+score on images prepared its way:
+
+- ``norm=imagenet`` | ``norm=cifar`` | ``norm=none`` | ``mean=M/M/M,std=S/S/S``: the per-channel
+  normalisation (one or three values each; defaults: ``imagenet`` for folders, ``cifar`` for
+  CIFAR-10);
+- ``resize=none`` (the default: images are used at their own size) | ``resize=N``: the shorter
+  side resized to N, then a centre N x N crop;
+- ``crop=N``: a centre N x N crop (after the resize, if any): ``resize=256,crop=224`` is the
+  ImageNet evaluation.
+
+The input size then follows the data (CIFAR-10: 32; a folder: its images' size, which must be
+one square size unless ``resize`` or ``crop`` makes it so). A caller that needs another size (the
+model states one) gets a :class:`~core.errors.DataError` naming the option to add, never a silent
+resize. :attr:`DataSplits.name` is the canonical spec with every option spelled out, so what was
+used can be stored and read back. ``digits`` takes no options: its normalisation is computed from
+its own finetune split.
+
 Example:
     >>> splits = load_data("digits", seed=0)
     >>> image, label = splits.test[0]
@@ -30,7 +49,7 @@ import json
 import math
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +64,12 @@ __all__ = [
     "DataSpec",
     "DataSplits",
     "DATA_KINDS",
+    "NORMALISATIONS",
     "DIGITS_TRAIN_COPIES",
     "parse_data_spec",
     "load_data",
+    "data_input_size",
+    "check_above_chance",
     "digits_arrays",
 ]
 
@@ -73,7 +95,15 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
-FOLDER_INPUT_SIZE = 224  # the torchvision models' resolution
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar": (CIFAR10_MEAN, CIFAR10_STD),
+    "none": None,  # pixels in [0, 1], as ToTensor gives them
+}
+DEFAULT_NORM = {"folder": "imagenet", "cifar10": "cifar"}
+CIFAR10_SIZE = 32
+_OPTIONS = ("norm", "mean", "std", "resize", "crop")
+_MAX_SIDE = 4096
 FOLDER_TRAIN_NAMES = ("train",)
 FOLDER_TEST_NAMES = ("val", "test")
 
@@ -94,13 +124,49 @@ _SAFE_PICKLE_GLOBALS = {
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A parsed ``--data`` string: the dataset kind and, for files on disk, its path."""
+    """A parsed ``--data`` string: the dataset kind, its path, and how images are prepared.
+
+    ``norm`` is a name of :data:`NORMALISATIONS` or ``"custom"`` (with ``mean`` and ``std``);
+    None means the kind's default (:data:`DEFAULT_NORM`). ``resize`` and ``crop`` are sides in
+    pixels, None for "as the images are". ``str()`` gives the canonical spelling, every option
+    written out, which :func:`parse_data_spec` reads back to an equal spec.
+    """
 
     kind: str  # one of DATA_KINDS
     path: Path | None = None  # absolute; None for "digits"
+    norm: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: int | None = None
+    crop: int | None = None
+
+    @property
+    def normalisation(self) -> tuple[str, tuple[float, ...] | None, tuple[float, ...] | None]:
+        """The normalisation in effect: ``(name, mean, std)``; mean and std None for ``none``."""
+        name = self.norm or DEFAULT_NORM.get(self.kind, "none")
+        if name == "custom":
+            return name, self.mean, self.std
+        stats = NORMALISATIONS[name]
+        return (name, None, None) if stats is None else (name, *stats)
+
+    @property
+    def output_size(self) -> int | None:
+        """The side the preprocessing makes (crop, else resize); None: the images' own size."""
+        return self.crop or self.resize
 
     def __str__(self) -> str:
-        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+        if self.kind == "digits":
+            return "digits"
+        name, mean, std = self.normalisation
+        parts = [f"{self.kind}:{self.path}"]
+        if name == "custom":
+            parts.append(f"mean={_floats(mean)},std={_floats(std)}")
+        else:
+            parts.append(f"norm={name}")
+        parts.append(f"resize={self.resize or 'none'}")
+        if self.crop is not None:
+            parts.append(f"crop={self.crop}")
+        return ",".join(parts)
 
 
 @dataclass(frozen=True)
@@ -114,7 +180,7 @@ class DataSplits:
     sorted order, ``train/`` before ``val/``), so disjointness can be checked, not just trusted.
     """
 
-    name: str  # the canonical spec, e.g. "digits" or "folder:/abs/path"
+    name: str  # the canonical spec: "digits", "folder:/abs/path,norm=imagenet,resize=none"
     finetune: Dataset
     holdout: Dataset
     test: Dataset
@@ -128,6 +194,9 @@ class DataSplits:
     finetune_sources: tuple[int, ...]
     holdout_sources: tuple[int, ...]
     test_sources: tuple[int, ...]
+    # how images were prepared, JSON-able, for meta.json and checkpoints: norm (a name, "custom"
+    # or "digits"), mean, std, resize, crop and the resulting input_size
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -146,13 +215,16 @@ def parse_data_spec(spec: str) -> DataSpec:
     :func:`load_data`, which reads it.
 
     Args:
-        spec: ``"digits"``, ``"folder:PATH"`` or ``"cifar10:PATH"``.
+        spec: ``"digits"``, ``"folder:PATH"`` or ``"cifar10:PATH"``, the last two optionally
+            followed by ``,norm=...``, ``,mean=.../...,std=.../...``, ``,resize=...`` and
+            ``,crop=...`` (see the module docstring).
 
     Returns:
-        The kind and, for files on disk, the absolute path.
+        The kind, the absolute path and the preprocessing options.
 
     Raises:
-        DataError: the string names no known kind, or a path is missing or given to ``digits``.
+        DataError: the string names no known kind, a path is missing or given to ``digits``, or
+            an option is unknown, repeated or has a bad value.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"data spec must be a non-empty string, got {spec!r}; {_SPEC_HELP}")
@@ -162,11 +234,90 @@ def parse_data_spec(spec: str) -> DataSpec:
         raise DataError(f"unknown data spec {spec!r}; {_SPEC_HELP}")
     if kind == "digits":
         if sep:
-            raise DataError(f"data spec {spec!r}: 'digits' takes no path; {_SPEC_HELP}")
+            raise DataError(f"data spec {spec!r}: 'digits' takes no path or options; {_SPEC_HELP}")
         return DataSpec(kind="digits")
-    if not rest.strip():
+    # Options are trailing ",key=value" parts with a known key: a path may hold commas.
+    parts = rest.split(",")
+    options: dict[str, str] = {}
+    while len(parts) > 1 and "=" in parts[-1]:
+        key, _, value = parts[-1].partition("=")
+        key = key.strip().lower()
+        if key not in _OPTIONS:
+            raise DataError(
+                f"data spec {spec!r}: unknown option {key!r}; options are {', '.join(_OPTIONS)} "
+                f"({_OPTION_HELP})"
+            )
+        if key in options:
+            raise DataError(f"data spec {spec!r}: option {key!r} is given twice")
+        options[key] = value.strip()
+        parts.pop()
+    path = ",".join(parts).strip()
+    if not path:
         raise DataError(f"data spec {spec!r} has no path; write '{kind}:PATH'")
-    return DataSpec(kind=kind, path=Path(rest.strip()).expanduser().resolve())
+    # The default norm is written in, so a spec and its canonical spelling parse to equal specs.
+    fields = {"norm": DEFAULT_NORM[kind], **_parse_options(spec, options)}
+    return DataSpec(kind=kind, path=Path(path).expanduser().resolve(), **fields)
+
+
+def data_input_size(spec: str | DataSpec) -> int:
+    """The input size the data gives: what a model that states none should be traced at.
+
+    ``digits`` and ``cifar10`` give 32 unless resized or cropped; a folder gives ``crop`` or
+    ``resize`` when set, else its images' common side.
+
+    Raises:
+        DataError: a bad spec, or a folder whose images differ in size or are not square (the
+            message names the ``resize``/``crop`` option that fixes it).
+    """
+    parsed = spec if isinstance(spec, DataSpec) else parse_data_spec(spec)
+    if parsed.kind == "digits":
+        return DIGITS_SIZE
+    if parsed.output_size is not None:
+        return parsed.output_size
+    if parsed.kind == "cifar10":
+        return CIFAR10_SIZE
+    if parsed.path is None:
+        raise DataError(f"data spec {str(parsed)!r} has no path")
+    parts = _folder_parts(parsed.path)
+    return _common_image_side([file for part in parts for file, _ in part.samples], parsed.path)
+
+
+def check_above_chance(
+    accuracy: float, num_classes: int, *, count: int | None = None
+) -> str | None:
+    """A warning when a model scores no better than guessing: its preprocessing probably differs.
+
+    A trained model at chance level on held-out data almost always means its inputs are not
+    prepared the way it was trained (another normalisation, size or resize), not that it is bad.
+    With ``count`` images evaluated, scores within two standard errors of chance count as chance.
+
+    Args:
+        accuracy: top-1 accuracy in percent (as ``core.finetune.evaluate`` reports it).
+        num_classes: the number of classes (chance is ``100 / num_classes`` percent).
+        count: how many images the accuracy was measured on, if known.
+
+    Returns:
+        None when the accuracy is clearly above chance, else one line saying what to check.
+
+    Example:
+        >>> check_above_chance(9.8, 10) is not None
+        True
+    """
+    if num_classes < 2:
+        return None
+    chance = 100.0 / num_classes
+    margin = 0.0
+    if count:
+        p = 1.0 / num_classes
+        margin = 200.0 * math.sqrt(p * (1 - p) / count)  # two standard errors, in percent
+    if accuracy > chance + margin:
+        return None
+    return (
+        f"the original model scores {accuracy:.1f}% on held-out data, no better than chance "
+        f"({chance:.1f}% for {num_classes} classes): its preprocessing or input size probably "
+        "does not match how it was trained; check the --data options (norm=..., resize=..., "
+        "crop=...) and --input-size"
+    )
 
 
 def load_data(spec: str | DataSpec, *, input_size: int | None = None, seed: int = 0) -> DataSplits:
@@ -177,15 +328,19 @@ def load_data(spec: str | DataSpec, *, input_size: int | None = None, seed: int 
 
     Args:
         spec: a ``--data`` string or a parsed :class:`DataSpec`.
-        input_size: side of the square images models see; defaults to 32 for digits and CIFAR-10
-            and 224 for image folders.
+        input_size: side of the square images the model takes, or None to follow the data
+            (:func:`data_input_size`). For CIFAR-10 and folders it must equal what the spec's
+            preprocessing gives: images are never resized unless the spec says so. For digits
+            it sets the upscaled size (default 32).
         seed: seeds the split and the digits augmentation.
 
     Returns:
-        The three splits with class count, image size, channels and a cache digest.
+        The three splits with class count, image size, channels, a cache digest, and the
+        canonical spec (``name``) and ``preprocessing`` to store with results.
 
     Raises:
-        DataError: a bad spec, a missing or empty folder, or files that are not the named format.
+        DataError: a bad spec, a missing or empty folder, files that are not the named format,
+            or an ``input_size`` the data does not give (naming the option to add).
 
     Example:
         >>> splits = load_data("digits")
@@ -204,8 +359,9 @@ def load_data(spec: str | DataSpec, *, input_size: int | None = None, seed: int 
     if parsed.path is None:
         raise DataError(f"data spec {str(parsed)!r} has no path")
     if parsed.kind == "cifar10":
-        return _load_cifar10(parsed.path, input_size or 32, seed)
-    return _load_folder(parsed.path, input_size or FOLDER_INPUT_SIZE, seed)
+        _check_size(parsed, CIFAR10_SIZE, input_size, "CIFAR-10 images are")
+        return _load_cifar10(parsed, seed)
+    return _load_folder(parsed, input_size, seed)
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +377,141 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, bunch.target.astype(np.int64)
 
 
-_SPEC_HELP = "use 'digits', 'folder:PATH' (an ImageFolder root) or 'cifar10:PATH'"
+_SPEC_HELP = (
+    "use 'digits', 'folder:PATH' (an ImageFolder root) or 'cifar10:PATH', the last two with "
+    "optional ',norm=imagenet|cifar|none', ',resize=none|N' and ',crop=N'"
+)
+_OPTION_HELP = (
+    "norm=imagenet|cifar|none, or mean=M/M/M,std=S/S/S; resize=none|N (shorter side to N, then "
+    "a centre N x N crop); crop=N (a centre crop)"
+)
+
+
+def _parse_options(spec: str, options: dict[str, str]) -> dict[str, Any]:
+    """Check and convert ``--data`` options; the result fills :class:`DataSpec`'s fields."""
+    result: dict[str, Any] = {}
+    if "norm" in options and ("mean" in options or "std" in options):
+        raise DataError(f"data spec {spec!r}: give either norm=... or mean=...,std=..., not both")
+    if ("mean" in options) != ("std" in options):
+        raise DataError(f"data spec {spec!r}: mean=... and std=... go together")
+    if "norm" in options:
+        norm = options["norm"].lower()
+        if norm not in NORMALISATIONS:
+            raise DataError(
+                f"data spec {spec!r}: unknown norm {options['norm']!r}; use "
+                f"{', '.join(NORMALISATIONS)}, or mean=M/M/M,std=S/S/S"
+            )
+        result["norm"] = norm
+    if "mean" in options:
+        mean = _parse_floats(spec, "mean", options["mean"])
+        std = _parse_floats(spec, "std", options["std"])
+        if len(mean) != len(std):
+            raise DataError(f"data spec {spec!r}: mean and std need as many values")
+        if any(v <= 0 for v in std):
+            raise DataError(f"data spec {spec!r}: std values must be positive")
+        result.update(norm="custom", mean=mean, std=std)
+    if "resize" in options:
+        value = options["resize"].lower()
+        result["resize"] = None if value == "none" else _parse_side(spec, "resize", value)
+    if "crop" in options:
+        result["crop"] = _parse_side(spec, "crop", options["crop"])
+    resize, crop = result.get("resize"), result.get("crop")
+    if resize is not None and crop is not None and crop > resize:
+        raise DataError(f"data spec {spec!r}: crop={crop} is larger than resize={resize}")
+    return result
+
+
+def _parse_floats(spec: str, key: str, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split("/"))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+        raise DataError(
+            f"data spec {spec!r}: {key}={text!r} must be 1 or 3 numbers separated by '/', "
+            f"e.g. {key}=0.5/0.5/0.5"
+        )
+    return values * 3 if len(values) == 1 else values
+
+
+def _parse_side(spec: str, key: str, text: str) -> int:
+    if not text.isdigit() or not 8 <= int(text) <= _MAX_SIDE:
+        raise DataError(
+            f"data spec {spec!r}: {key}={text!r} must be a side in pixels from 8 to {_MAX_SIDE}"
+            + (" or 'none'" if key == "resize" else "")
+        )
+    return int(text)
+
+
+def _floats(values: tuple[float, ...] | None) -> str:
+    return "/".join(f"{v:g}" for v in values or ())
+
+
+def _check_size(parsed: DataSpec, native: int, input_size: int | None, what: str) -> int:
+    """The side the data gives; a DataError naming the fix when the model wants another."""
+    given = parsed.output_size or native
+    if input_size is None or input_size == given:
+        return given
+    if parsed.output_size is None:
+        fix = (
+            f"add resize={input_size} to --data ({parsed.kind}:PATH,resize={input_size}) to "
+            f"resize them, or give the model its data's size (--input-size {native})"
+        )
+        raise DataError(
+            f"{what} {native}x{native} but the model takes {input_size}x{input_size}: {fix}"
+        )
+    raise DataError(
+        f"--data {str(parsed)!r} makes {given}x{given} images but the model takes "
+        f"{input_size}x{input_size}: change resize/crop to {input_size}, or --input-size to {given}"
+    )
+
+
+def _preprocessing(parsed: DataSpec, input_size: int) -> dict[str, Any]:
+    name, mean, std = parsed.normalisation
+    return {
+        "norm": name,
+        "mean": None if mean is None else list(mean),
+        "std": None if std is None else list(std),
+        "resize": parsed.resize,
+        "crop": parsed.crop,
+        "input_size": input_size,
+    }
+
+
+def _to_float(parsed: DataSpec) -> list[Callable]:
+    """uint8 image tensor -> float in [0, 1], normalised as the spec says."""
+    from torchvision.transforms import v2
+
+    _, mean, std = parsed.normalisation
+    steps: list[Callable] = [v2.ToDtype(torch.float32, scale=True)]
+    if mean is not None and std is not None:
+        steps.append(v2.Normalize(list(mean), list(std)))
+    return steps
+
+
+def _transforms(parsed: DataSpec, size: int, *, pil: bool) -> tuple[Callable, Callable]:
+    """(finetune, evaluation) transforms making ``size`` x ``size`` images as the spec says.
+
+    Evaluation: the optional resize (shorter side) and centre crop, nothing else. Finetuning:
+    at the images' own size, the CIFAR recipe (random crop with 1/8 padding, horizontal flip);
+    when resized, the ImageNet recipe (RandomResizedCrop, horizontal flip).
+    """
+    from torchvision.transforms import v2
+
+    first: list[Callable] = [v2.ToImage()] if pil else []
+    geometry: list[Callable] = []
+    if parsed.resize is not None:
+        geometry.append(v2.Resize(parsed.resize, antialias=True))
+    if parsed.output_size is not None:
+        geometry.append(v2.CenterCrop(size))
+    evaluate = v2.Compose([*first, *geometry, *_to_float(parsed)])
+    if parsed.resize is not None:
+        augment: list[Callable] = [v2.RandomResizedCrop(size, antialias=True)]
+    else:
+        crop = [v2.CenterCrop(parsed.crop)] if parsed.crop is not None else []
+        augment = [*crop, v2.RandomCrop(size, padding=size // 8)]
+    train = v2.Compose([*first, *augment, v2.RandomHorizontalFlip(), *_to_float(parsed)])
+    return train, evaluate
 
 
 # --------------------------------------------------------------------------- digits
@@ -278,6 +568,14 @@ def _load_digits(input_size: int, seed: int) -> DataSplits:
         finetune_sources=tuple(int(i) for i in finetune_src),
         holdout_sources=tuple(int(i) for i in holdout_idx),
         test_sources=tuple(int(i) for i in test_idx),
+        preprocessing={
+            "norm": "digits",  # the finetune split's own statistics
+            "mean": [mean] * 3,
+            "std": [std] * 3,
+            "resize": input_size,  # 8x8 originals upscaled
+            "crop": None,
+            "input_size": input_size,
+        },
     )
 
 
@@ -315,7 +613,10 @@ def _augment_digits(images: np.ndarray, size: int, generator: torch.Generator) -
 # --------------------------------------------------------------------------- CIFAR-10
 
 
-def _load_cifar10(path: Path, input_size: int, seed: int) -> DataSplits:
+def _load_cifar10(parsed: DataSpec, seed: int) -> DataSplits:
+    path = parsed.path
+    assert path is not None  # checked by load_data
+    input_size = parsed.output_size or CIFAR10_SIZE
     folder = _cifar10_folder(path)
     train_images, train_labels = [], []
     for name in CIFAR10_TRAIN_BATCHES:
@@ -337,22 +638,25 @@ def _load_cifar10(path: Path, input_size: int, seed: int) -> DataSplits:
     test_idx = np.arange(train_count, len(labels))
     pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (N, 3, 32, 32)
     targets = torch.from_numpy(labels.astype(np.int64))
-    train_transform, eval_transform = _cifar_transforms(input_size)
+    train_transform, eval_transform = _transforms(parsed, input_size, pil=False)
     sizes = {
         name: (folder / name).stat().st_size
         for name in (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH)
     }
+    preprocessing = _preprocessing(parsed, input_size)
     digest = _digest(
         {
             "spec": f"cifar10:{folder}",
             "seed": seed,
             "input_size": input_size,
+            "preprocessing": preprocessing,
             "files": sizes,
             "splits": [len(finetune_idx), len(holdout_idx), len(test_idx)],
         }
     )
+    _, mean, std = parsed.normalisation
     return DataSplits(
-        name=f"cifar10:{path}",
+        name=str(parsed),
         finetune=_TensorImages(pixels, targets, finetune_idx, train_transform),
         holdout=_TensorImages(pixels, targets, holdout_idx, eval_transform),
         test=_TensorImages(pixels, targets, test_idx, eval_transform),
@@ -361,11 +665,12 @@ def _load_cifar10(path: Path, input_size: int, seed: int) -> DataSplits:
         channels=3,
         digest=digest,
         class_names=class_names,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
+        mean=mean or (0.0, 0.0, 0.0),
+        std=std or (1.0, 1.0, 1.0),
         finetune_sources=tuple(int(i) for i in finetune_idx),
         holdout_sources=tuple(int(i) for i in holdout_idx),
         test_sources=tuple(int(i) for i in test_idx),
+        preprocessing=preprocessing,
     )
 
 
@@ -440,18 +745,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return getattr(importlib.import_module(target[0]), target[1])
 
 
-def _cifar_transforms(input_size: int) -> tuple[Callable, Callable]:
-    from torchvision.transforms import v2
-
-    resize = [] if input_size == 32 else [v2.Resize(input_size, antialias=True)]
-    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
-    train = v2.Compose(
-        [*resize, v2.RandomCrop(input_size, padding=input_size // 8), v2.RandomHorizontalFlip()]
-        + to_float
-    )
-    return train, v2.Compose(resize + to_float)
-
-
 class _TensorImages(Dataset):
     """Rows ``indices`` of a uint8 image tensor, each passed through ``transform``."""
 
@@ -474,32 +767,19 @@ class _TensorImages(Dataset):
 # --------------------------------------------------------------------------- image folders
 
 
-def _load_folder(path: Path, input_size: int, seed: int) -> DataSplits:
-    if not path.exists():
-        raise DataError(f"image folder {path} does not exist")
-    if not path.is_dir():
-        raise DataError(f"image folder path {path} is not a folder")
-    train_dir = next((path / n for n in FOLDER_TRAIN_NAMES if (path / n).is_dir()), None)
-    test_dirs = [path / n for n in FOLDER_TEST_NAMES if (path / n).is_dir()]
-    if train_dir is not None and test_dirs:
-        parts = [_image_folder(train_dir), *(_image_folder(d) for d in test_dirs)]
-        for part, folder in zip(parts[1:], test_dirs, strict=True):
-            if part.classes != parts[0].classes:
-                raise DataError(
-                    f"{folder} has classes {part.classes} but {train_dir} has {parts[0].classes}; "
-                    "the split folders must hold the same class subfolders"
-                )
-        offsets = np.cumsum([0] + [len(p) for p in parts])
-        train_idx = np.arange(len(parts[0]))
-        if len(parts) == 3:  # train/, val/ and test/: use them as they are
-            finetune_idx, holdout_idx = train_idx, np.arange(offsets[1], offsets[2])
-            test_idx = np.arange(offsets[2], offsets[3])
-        else:
-            finetune_idx, holdout_idx = _split_two(train_idx, HOLDOUT_FRACTION, seed)
-            test_idx = np.arange(offsets[1], offsets[2])
+def _load_folder(parsed: DataSpec, input_size: int | None, seed: int) -> DataSplits:
+    path = parsed.path
+    assert path is not None  # checked by load_data
+    parts = _folder_parts(path)
+    samples = [sample for part in parts for sample in part.samples]
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    if len(parts) == 3:  # train/, val/ and test/: use them as they are
+        finetune_idx, holdout_idx = np.arange(offsets[1]), np.arange(offsets[1], offsets[2])
+        test_idx = np.arange(offsets[2], offsets[3])
+    elif len(parts) == 2:
+        finetune_idx, holdout_idx = _split_two(np.arange(offsets[1]), HOLDOUT_FRACTION, seed)
+        test_idx = np.arange(offsets[1], offsets[2])
     else:
-        parts = [_image_folder(path)]
-        offsets = np.array([0, len(parts[0])])
         finetune_idx, holdout_idx, test_idx = _split_indices(len(parts[0]), seed)
     for split, indices in (
         ("finetune", finetune_idx),
@@ -508,36 +788,95 @@ def _load_folder(path: Path, input_size: int, seed: int) -> DataSplits:
     ):
         if len(indices) == 0:
             raise DataError(f"image folder {path} has too few images: the {split} split is empty")
-    samples = [sample for part in parts for sample in part.samples]
+    native = 0
+    if parsed.output_size is None:  # used as they are: one square size for every image
+        native = _common_image_side([file for file, _ in samples], path)
+    size = _check_size(parsed, native, input_size, f"the images in {path} are")
     loader = parts[0].loader
-    train_transform, eval_transform = _folder_transforms(input_size)
+    train_transform, eval_transform = _transforms(parsed, size, pil=True)
     files = [(str(Path(f).relative_to(path)), Path(f).stat().st_size) for f, _ in samples]
+    preprocessing = _preprocessing(parsed, size)
     digest = _digest(
         {
             "spec": f"folder:{path}",
             "seed": seed,
-            "input_size": input_size,
+            "input_size": size,
+            "preprocessing": preprocessing,
             "classes": parts[0].classes,
             "files": files,
             "splits": [len(finetune_idx), len(holdout_idx), len(test_idx)],
         }
     )
+    _, mean, std = parsed.normalisation
     return DataSplits(
-        name=f"folder:{path}",
+        name=str(parsed),
         finetune=_FileImages(samples, finetune_idx, loader, train_transform),
         holdout=_FileImages(samples, holdout_idx, loader, eval_transform),
         test=_FileImages(samples, test_idx, loader, eval_transform),
         num_classes=len(parts[0].classes),
-        input_size=input_size,
+        input_size=size,
         channels=3,
         digest=digest,
         class_names=tuple(parts[0].classes),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=mean or (0.0, 0.0, 0.0),
+        std=std or (1.0, 1.0, 1.0),
         finetune_sources=tuple(int(i) for i in finetune_idx),
         holdout_sources=tuple(int(i) for i in holdout_idx),
         test_sources=tuple(int(i) for i in test_idx),
+        preprocessing=preprocessing,
     )
+
+
+def _folder_parts(path: Path) -> list[Any]:
+    """The ImageFolders of ``path``: train/ then val/ and test/ when given, else the root."""
+    if not path.exists():
+        raise DataError(f"image folder {path} does not exist")
+    if not path.is_dir():
+        raise DataError(f"image folder path {path} is not a folder")
+    train_dir = next((path / n for n in FOLDER_TRAIN_NAMES if (path / n).is_dir()), None)
+    test_dirs = [path / n for n in FOLDER_TEST_NAMES if (path / n).is_dir()]
+    if train_dir is None or not test_dirs:
+        return [_image_folder(path)]
+    parts = [_image_folder(train_dir), *(_image_folder(d) for d in test_dirs)]
+    for part, folder in zip(parts[1:], test_dirs, strict=True):
+        if part.classes != parts[0].classes:
+            raise DataError(
+                f"{folder} has classes {part.classes} but {train_dir} has {parts[0].classes}; "
+                "the split folders must hold the same class subfolders"
+            )
+    return parts
+
+
+def _common_image_side(files: Sequence[str], root: Path) -> int:
+    """The side every image in ``files`` has; a DataError naming the option that fixes others.
+
+    Only image headers are read, not pixels.
+    """
+    from PIL import Image
+
+    sizes: dict[tuple[int, int], str] = {}
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                sizes.setdefault(image.size, file)
+        except OSError as exc:
+            raise DataError(f"image {file} cannot be read: {exc}") from exc
+        if len(sizes) > 1:
+            (w1, h1), (w2, h2) = list(sizes)[:2]
+            raise DataError(
+                f"the images in {root} differ in size ({w1}x{h1} and {w2}x{h2}); add resize=N to "
+                "--data (shorter side to N, centre-cropped to N x N), e.g. "
+                f"folder:{root},resize={min(w1, h1, w2, h2)}"
+            )
+    if not sizes:
+        raise DataError(f"image folder {root} holds no images")
+    width, height = next(iter(sizes))
+    if width != height:
+        raise DataError(
+            f"the images in {root} are {width}x{height}; models take square inputs: add "
+            f"resize={min(width, height)} to --data (shorter side, then a centre crop)"
+        )
+    return width
 
 
 def _image_folder(path: Path) -> Any:
@@ -553,28 +892,6 @@ def _image_folder(path: Path) -> Any:
         ) from exc
     except OSError as exc:
         raise DataError(f"image folder {path} cannot be read: {exc}") from exc
-
-
-def _folder_transforms(input_size: int) -> tuple[Callable, Callable]:
-    from torchvision.transforms import v2
-
-    to_float = [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ]
-    train = v2.Compose(
-        [v2.RandomResizedCrop(input_size, antialias=True), v2.RandomHorizontalFlip(), *to_float]
-    )
-    # The usual ImageNet evaluation: resize to 256/224 of the size, then centre-crop.
-    evaluate = v2.Compose(
-        [
-            v2.Resize(round(input_size * 256 / 224), antialias=True),
-            v2.CenterCrop(input_size),
-            *to_float,
-        ]
-    )
-    return train, evaluate
 
 
 class _FileImages(Dataset):

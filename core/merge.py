@@ -9,7 +9,9 @@ Per segment, the kept convs are folded with their BNs and composed into ONE conv
 3. Depthwise kernels stay (C, 1, K, K) while both sides are depthwise, and are expanded only
    when meeting a dense conv, so MobileNetV2's wide depthwise convs never become C x C dense.
 4. A residual block lying wholly inside a segment is merged into its own kernel K_b, then its skip
-   is added at the centre tap: +1 on the diagonal (identity) or + the folded 1x1 shortcut.
+   is added at the centre tap: +1 on the diagonal (identity), + the folded 1x1 shortcut, or, for
+   the "option A" subsample-and-zero-pad shortcut, + its fixed 1x1 strided kernel (1 from each
+   original channel to its padded position, zeros for the padded channels).
 
 Blocks with a boundary inside them stay real residual adds around their segments.
 """
@@ -22,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.chain import Chain
-from core.network import NETWORK_SPEC_VERSION, StepNetwork
+from core.chain import Chain, ResidualSpan
+from core.network import StepNetwork, spec_version
 from core.segments import validate_solution
 from core.solution import Solution
 from core.surgery import activation_plan, build_training_network
@@ -167,10 +169,15 @@ def merge(training: StepNetwork, chain: Chain, solution: Solution) -> StepNetwor
                 name = f"shortcut{span.start}_{span.end}"
                 step["shortcut"] = emit_conv(name, shortcut, 0)
                 step["shortcut"].pop("op")
+            elif span.channel_pad is not None:
+                step["zero_pad_shortcut"] = {
+                    "stride": span.shortcut_stride,
+                    "channels": list(span.channel_pad),
+                }
             steps.append(step)
         finish_position(segment.end)
     spec = {
-        "version": NETWORK_SPEC_VERSION,
+        "version": spec_version(steps),
         "form": "merged",
         "input_shape": list(chain.input_shape),
         "steps": steps,
@@ -222,10 +229,10 @@ def _segment_kernel(
     return running
 
 
-def _add_skip(layers: nn.ModuleDict, body: Kernel, span: Any) -> Kernel:
+def _add_skip(layers: nn.ModuleDict, body: Kernel, span: ResidualSpan) -> Kernel:
     """Add a residual skip at the centre tap of the block's merged kernel (§5.3 step 5)."""
     mid = body.size // 2
-    if span.shortcut is None:
+    if span.is_identity:
         weight = body.weight.clone()
         if body.depthwise:
             weight[:, 0, mid, mid] += 1.0
@@ -233,7 +240,10 @@ def _add_skip(layers: nn.ModuleDict, body: Kernel, span: Any) -> Kernel:
             index = torch.arange(weight.shape[0])
             weight[index, index, mid, mid] += 1.0
         return Kernel(weight, body.bias, body.stride, body.depthwise)
-    shortcut = _shortcut_kernel(layers, span.start, span.end)
+    if span.shortcut is not None:
+        shortcut = _shortcut_kernel(layers, span.start, span.end)
+    else:
+        shortcut = _zero_pad_kernel(span, body.weight.dtype)
     if shortcut.stride != body.stride:
         raise RuntimeError(
             f"shortcut stride {shortcut.stride} differs from its block's stride {body.stride}"
@@ -242,6 +252,20 @@ def _add_skip(layers: nn.ModuleDict, body: Kernel, span: Any) -> Kernel:
     weight = dense.weight.clone()
     weight[:, :, mid, mid] += shortcut.weight[:, :, 0, 0]
     return Kernel(weight, dense.bias + shortcut.bias, body.stride, False)
+
+
+def _zero_pad_kernel(span: ResidualSpan, dtype: torch.dtype) -> Kernel:
+    """The option-A shortcut as the fixed 1x1 strided conv it equals.
+
+    ``F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, before, after))``: output channel ``before + c`` is
+    input channel ``c`` taken every ``s`` pixels; the padded channels are zero.
+    """
+    before, _ = span.channel_pad or (0, 0)
+    channels_in, channels_out = span.shortcut_in_channels, span.shortcut_out_channels
+    weight = torch.zeros(channels_out, channels_in, 1, 1, dtype=dtype)  # (Cout, Cin, 1, 1)
+    index = torch.arange(channels_in)
+    weight[before + index, index, 0, 0] = 1.0
+    return Kernel(weight, torch.zeros(channels_out, dtype=dtype), span.shortcut_stride, False)
 
 
 def _shortcut_kernel(layers: nn.ModuleDict, start: int, end: int) -> Kernel:

@@ -1,15 +1,20 @@
 """The model registry, and safe loading of weights files.
 
 A MODEL argument is a registry name (``resnet18``, ``resnet34``, ``resnet50``, ``mobilenet_v2``,
-``digits_resnet``, ``digits_mobilenet``) or ``module:function`` for a user's own architecture
-(DESIGN.md, "Contracts"). Registry builders are small keyword-only functions (torchvision, timm);
-a duplicate name raises ``ValueError`` instead of silently shadowing a model.
+``digits_resnet``, ``digits_mobilenet``), ``module:function`` for a user's own architecture on the
+Python path, or ``path/to/file.py:function`` for an architecture file as downloaded (loaded by
+path: no PYTHONPATH needed; the file's folder is on the path while it runs, so it can import its
+siblings). Registry builders are small keyword-only functions (torchvision, timm); a duplicate
+name raises ``ValueError`` instead of silently shadowing a model.
 
 Weights are data, never code: files are read with ``torch.load(weights_only=True)`` only, so a
-malicious pickle is refused before it can run. A plain ``state_dict`` (torchvision's own
-``resnet34-*.pth``), or a dict holding one under ``state_dict``/``model``/``model_state_dict``,
-is accepted. Without weights a model gets seeded initial weights, and the demo models their
-shipped trained weights; :class:`ModelBundle` says which.
+malicious pickle is refused before it can run. Any file name is accepted (``.pt``, ``.pth``,
+``.th``, ``.tar``, none); the content is what counts: a plain ``state_dict`` (torchvision's own
+``resnet34-*.pth``), or a dict holding one under ``state_dict``/``model``/``net``/
+``model_state_dict`` as research code saves it, in the zip or the legacy format, with CUDA storages
+mapped to the CPU and a ``module.`` prefix (``DataParallel``) removed. Without weights a model gets
+seeded initial weights, and the demo models their shipped trained weights; :class:`ModelBundle`
+says which.
 
 Example:
     >>> bundle = build_model("digits_resnet")
@@ -23,11 +28,15 @@ import contextlib
 import fnmatch
 import hashlib
 import importlib
+import importlib.util
 import io
 import math
+import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, BinaryIO
 
 import torch
@@ -44,6 +53,7 @@ __all__ = [
     "get_model_info",
     "build_model",
     "default_input_size",
+    "stated_input_size",
     "default_num_classes",
     "demo_weights_path",
     "load_state_dict_file",
@@ -56,7 +66,10 @@ __all__ = [
 
 INIT_SEED = 0  # seed of the initial weights of a model built without weights
 DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "cached_tables" / "demo_weights"
-STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")  # where checkpoints nest weights
+# Where research checkpoints nest their weights ({"state_dict": ..., "epoch": ...}, nanoGPT's
+# "model", "net", PyTorch tutorials' "model_state_dict").
+STATE_DICT_KEYS = ("state_dict", "model", "net", "model_state_dict")
+FALLBACK_INPUT_SIZE = 224  # for a user's model that states no input size and has no data to follow
 
 _MODELS: dict[str, ModelInfo] = {}  # registry name -> its builder and defaults
 
@@ -79,6 +92,9 @@ class ModelBundle:
 
     ``weights_source`` is ``"seeded"`` (initial weights, seed :data:`INIT_SEED`: accuracy is at
     chance level), ``"shipped"`` (a demo model's trained weights), ``"file"`` or ``"state_dict"``.
+    ``input_size_source`` is ``"given"`` (by the caller: an option, or the data's size),
+    ``"model"`` (the registry's, or the function's ``default_input_size``) or ``"fallback"``
+    (:data:`FALLBACK_INPUT_SIZE`, for a user's model that states none: callers should say so).
     """
 
     model: nn.Module
@@ -90,6 +106,7 @@ class ModelBundle:
     weights_path: Path | None  # the file the weights came from, if any
     weights_digest: str  # content digest of the model's state_dict: part of table cache keys
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_size_source: str = "model"
 
     @property
     def weights_note(self) -> str:
@@ -166,10 +183,25 @@ def get_model_info(name: str) -> ModelInfo:
 def default_input_size(name: str) -> int:
     """The input resolution ``name`` is built for: 224 for torchvision nets, 32 for digits ones.
 
-    For ``module:function`` it is the function's ``default_input_size`` attribute, else 224.
+    For ``module:function`` it is the function's ``default_input_size`` attribute, else
+    :data:`FALLBACK_INPUT_SIZE`; :func:`stated_input_size` tells the two apart.
+    """
+    return stated_input_size(name) or FALLBACK_INPUT_SIZE
+
+
+def stated_input_size(name: str) -> int | None:
+    """The input resolution the model states, or None when it states none.
+
+    Registry models state theirs; a ``module:function`` (or ``file.py:function``) model states one
+    by a ``default_input_size`` attribute on the function. Without one, the input size should
+    follow the data (``core.data.data_input_size``), not a silent default.
+
+    Raises:
+        LayerMergeError: ``name`` is neither registered nor an importable function.
     """
     if ":" in name:
-        return int(getattr(_import_function(name), "default_input_size", 224))
+        size = getattr(_import_function(name), "default_input_size", None)
+        return None if size is None else int(size)
     return get_model_info(name).input_size
 
 
@@ -195,13 +227,16 @@ def build_model(
     """Build a model by registry name or ``module:function``, with weights loaded safely.
 
     Args:
-        name: a registry name or ``module:function`` (the function is called with
-            ``model_kwargs``, plus ``num_classes``/``width`` when those are given).
+        name: a registry name, ``module:function`` or ``path/to/file.py:function`` (the
+            function is called with ``model_kwargs``, plus ``num_classes``/``width`` when those
+            are given).
         width: channel width multiplier (mobilenet_v2 and the digits models only).
         num_classes: classifier size; by default the registry's, or read from ``weights``.
         weights: a weights file, a loaded state_dict, or None for seeded initial weights (demo
             models: their shipped trained weights).
-        input_size: the resolution the model will see; defaults to :func:`default_input_size`.
+        input_size: the resolution the model will see; defaults to what the model states
+            (:func:`stated_input_size`), else :data:`FALLBACK_INPUT_SIZE`
+            (``input_size_source == "fallback"``).
         model_kwargs: extra keyword arguments for a ``module:function`` builder.
 
     Returns:
@@ -245,9 +280,13 @@ def build_model(
         )
 
     kwargs = dict(model_kwargs or {})
+    size_source = "given" if input_size is not None else "model"
     if ":" in name:
         model = _build_user_model(name, width=width, num_classes=num_classes, kwargs=kwargs)
-        size = input_size or int(getattr(_import_function(name), "default_input_size", 224))
+        stated = stated_input_size(name)
+        if input_size is None and stated is None:
+            size_source = "fallback"
+        size = input_size or stated or FALLBACK_INPUT_SIZE
     else:
         if kwargs:
             raise LayerMergeError(
@@ -282,6 +321,7 @@ def build_model(
         weights_path=weights_path,
         weights_digest=state_dict_digest(model.state_dict()),
         model_kwargs=kwargs,
+        input_size_source=size_source,
     )
 
 
@@ -289,11 +329,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file safely: ``torch.load(weights_only=True)``, tensors only.
 
     Args:
-        path: a file written by ``torch.save`` holding a state_dict, or a dict with one under
-            ``state_dict``, ``model`` or ``model_state_dict``.
+        path: a file written by ``torch.save`` (any name or extension, zip or legacy format)
+            holding a state_dict, or a dict with one under ``state_dict``, ``model``, ``net`` or
+            ``model_state_dict``.
 
     Returns:
-        Parameter and buffer names mapped to tensors (a ``module.`` prefix, as written by
+        Parameter and buffer names mapped to CPU tensors (a ``module.`` prefix, as written by
         ``DataParallel``, removed).
 
     Raises:
@@ -461,19 +502,68 @@ def _build_user_model(
 
 
 def _import_function(name: str) -> Callable[..., Any]:
-    module_name, _, function_name = name.partition(":")
-    if not module_name or not function_name or ":" in function_name:
-        raise LayerMergeError(f"model {name!r} must be a registry name or module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # a user's module may fail to import in any way
-        raise LayerMergeError(
-            f"cannot import module {module_name!r} for model {name!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+    file_name, _, file_function = name.rpartition(":")
+    if file_name.endswith(".py"):
+        module_name, function_name = file_name, file_function
+        if not function_name:
+            raise LayerMergeError(f"model {name!r} must be path/to/file.py:function")
+        module = _load_file_module(Path(file_name))
+    else:
+        module_name, _, function_name = name.partition(":")
+        if not module_name or not function_name or ":" in function_name:
+            raise LayerMergeError(
+                f"model {name!r} must be a registry name, module:function or "
+                "path/to/file.py:function"
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # a user's module may fail to import in any way
+            raise LayerMergeError(
+                f"cannot import module {module_name!r} for model {name!r}: "
+                f"{type(exc).__name__}: {exc}; to load a file by its path write "
+                "path/to/file.py:function"
+            ) from exc
     function = getattr(module, function_name, None)
     if not callable(function):
         raise LayerMergeError(f"module {module_name!r} has no function {function_name!r}")
     return function
+
+
+def _load_file_module(path: Path) -> ModuleType:
+    """Run a model file by its path, once per content version, as ``python file.py`` would see it.
+
+    The module is registered in ``sys.modules`` under a name derived from the resolved path and
+    the file's modification time and size (dataclasses and pickling look modules up there), and
+    the file's folder is on ``sys.path`` while it runs, so its imports of sibling files work.
+    """
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise LayerMergeError(f"model file {path} {what}; MODEL is path/to/file.py:function")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}|{stat.st_mtime_ns}|{stat.st_size}".encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"_layermerge_user_{stem}_{key}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise LayerMergeError(f"model file {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    folder = str(path.parent)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user's file may fail in any way; report it in one line
+        del sys.modules[module_name]
+        raise LayerMergeError(
+            f"model file {path} failed to load: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+    return module
 
 
 @contextlib.contextmanager
@@ -519,11 +609,16 @@ def _torch_load(handle: BinaryIO, name: str) -> Any:
 
 
 def _extract_state_dict(loaded: Any, name: str) -> dict[str, torch.Tensor]:
-    if isinstance(loaded, Mapping) and not _all_tensors(loaded):
-        for key in STATE_DICT_KEYS:
-            if isinstance(loaded.get(key), Mapping):
-                loaded = loaded[key]
-                break
+    # Unwrap {"state_dict": ...}, {"model": ...}, ... (possibly nested: {"model": {"net": ...}})
+    for _ in range(3):
+        if not isinstance(loaded, Mapping) or _all_tensors(loaded):
+            break
+        inner = next(
+            (loaded[k] for k in STATE_DICT_KEYS if isinstance(loaded.get(k), Mapping)), None
+        )
+        if inner is None:
+            break
+        loaded = inner
     if not isinstance(loaded, Mapping):
         raise UnsafeCheckpointError(
             f"weights {name} hold a {type(loaded).__name__}, not a state_dict "

@@ -10,8 +10,15 @@ Step kinds:
   ``conv``   a conv named ``name`` (optionally followed by BatchNorm ``bn``)
   ``act``    an activation of ``kind``
   ``save``   keep the current map in ``slot`` for a later residual add
-  ``add``    add ``slot`` (cropped by ``crop``, through an optional 1x1 ``shortcut``) to the map
+  ``add``    add ``slot`` (cropped by ``crop``, through an optional 1x1 ``shortcut`` or an optional
+             ``zero_pad_shortcut``) to the map
   ``fixed``  a fixed op (pool, flatten, dropout, linear, head activation) named ``name``
+
+``zero_pad_shortcut`` (``{"stride": s, "channels": [before, after]}``) is the parameter-free
+"option A" shortcut of CIFAR ResNets: ``F.pad(skip[:, :, ::s, ::s], (0, 0, 0, 0, before, after))``.
+A spec that uses it has version 2; every other spec is still written as version 1, so files that
+older readers accept are unchanged, and an older reader refuses a version-2 spec instead of
+silently dropping the shortcut.
 """
 
 from __future__ import annotations
@@ -25,9 +32,20 @@ from torch import nn
 
 from core.errors import UnsafeCheckpointError
 
-__all__ = ["StepNetwork", "conv_step", "make_activation", "make_fixed_op", "NETWORK_SPEC_VERSION"]
+__all__ = [
+    "StepNetwork",
+    "conv_step",
+    "make_activation",
+    "make_fixed_op",
+    "spec_version",
+    "NETWORK_SPEC_VERSION",
+    "NETWORK_SPEC_VERSIONS",
+    "ZERO_PAD_SPEC_VERSION",
+]
 
-NETWORK_SPEC_VERSION = 1
+NETWORK_SPEC_VERSION = 1  # the version of a spec that uses no later feature
+ZERO_PAD_SPEC_VERSION = 2  # first version with an add step's zero_pad_shortcut
+NETWORK_SPEC_VERSIONS = (NETWORK_SPEC_VERSION, ZERO_PAD_SPEC_VERSION)  # what this code reads
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -37,6 +55,12 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "mish": nn.Mish,
 }
+
+
+def spec_version(steps: list[dict[str, Any]]) -> int:
+    """The oldest spec version that can express ``steps`` (what a builder writes)."""
+    uses_zero_pad = any(step.get("zero_pad_shortcut") for step in steps if step["op"] == "add")
+    return ZERO_PAD_SPEC_VERSION if uses_zero_pad else NETWORK_SPEC_VERSION
 
 
 def make_activation(kind: str) -> nn.Module:
@@ -141,6 +165,12 @@ class StepNetwork(nn.Module):
                     skip = self.layers[shortcut["name"]](skip)
                     if shortcut.get("bn"):
                         skip = self.layers[shortcut["bn"]["name"]](skip)
+                zero_pad = step.get("zero_pad_shortcut")
+                if zero_pad:
+                    stride = zero_pad["stride"]
+                    before, after = zero_pad["channels"]
+                    # option A: subsample, then zero channels around the original ones
+                    skip = F.pad(skip[:, :, ::stride, ::stride], (0, 0, 0, 0, before, after))
                 skip = skip[:, :, : x.shape[2], : x.shape[3]]
                 if skip.shape != x.shape:
                     raise RuntimeError(

@@ -220,7 +220,11 @@ def span_stride(chain: Chain, start: int, end: int) -> int:
 
 
 def _absorbs_dense_shortcut(chain: Chain, start: int, end: int) -> bool:
-    return any(r.shortcut and start <= r.start and r.end <= end for r in chain.residuals)
+    """A block inside (start, end] whose skip is a 1x1 conv or an option-A subsample-and-pad.
+
+    Either makes the merged kernel dense: the skip mixes (or moves) channels.
+    """
+    return any(not r.is_identity and start <= r.start and r.end <= end for r in chain.residuals)
 
 
 def _option_for(chain: Chain, start: int, end: int, kept: tuple[int, ...]) -> KernelOption:

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from core.chain import Chain
-from core.network import NETWORK_SPEC_VERSION, StepNetwork, conv_step
+from core.network import StepNetwork, conv_step, spec_version
 from core.segments import keep_everything_solution, span_stride, validate_solution
 from core.solution import Solution
 
@@ -127,6 +127,11 @@ def _training_spec(
             sources[name] = conv
             if bn is not None:
                 sources[bn_name] = bn
+        elif span.channel_pad is not None:  # option A: no weights, nothing to copy
+            step["zero_pad_shortcut"] = {
+                "stride": span.shortcut_stride,
+                "channels": list(span.channel_pad),
+            }
         steps.append(step)
 
     # Conv 0, the stem: always kept, original padding.
@@ -150,7 +155,7 @@ def _training_spec(
             elif position in starts:
                 save_if_residual_start(position, border)
     spec = {
-        "version": NETWORK_SPEC_VERSION,
+        "version": spec_version(steps),
         "form": "training",
         "input_shape": list(chain.input_shape),
         "steps": steps,

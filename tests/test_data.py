@@ -16,6 +16,8 @@ from core.data import (
     DIGITS_TRAIN_COPIES,
     DataSpec,
     DataSplits,
+    check_above_chance,
+    data_input_size,
     digits_arrays,
     load_data,
     parse_data_spec,
@@ -67,6 +69,64 @@ def test_spec_round_trips_through_str(tmp_path: Path) -> None:
     spec = parse_data_spec(f"folder:{tmp_path}")
     assert parse_data_spec(str(spec)) == spec
     assert str(DataSpec("digits")) == "digits"
+
+
+@pytest.mark.parametrize(
+    ("options", "canonical", "norm", "resize", "crop"),
+    [
+        ("", "norm=imagenet,resize=none", "imagenet", None, None),
+        (",norm=cifar,resize=none", "norm=cifar,resize=none", "cifar", None, None),
+        (",NORM=None", "norm=none,resize=none", "none", None, None),
+        (",resize=256,crop=224", "norm=imagenet,resize=256,crop=224", "imagenet", 256, 224),
+        (",crop=28", "norm=imagenet,resize=none,crop=28", "imagenet", None, 28),
+        (
+            ",mean=0.5,std=0.25/0.5/1",
+            "mean=0.5/0.5/0.5,std=0.25/0.5/1,resize=none",
+            "custom",
+            None,
+            None,
+        ),
+    ],
+)
+def test_preprocessing_options_parse_and_spell_canonically(
+    tmp_path: Path, options: str, canonical: str, norm: str, resize: int | None, crop: int | None
+) -> None:
+    spec = parse_data_spec(f"folder:{tmp_path}{options}")
+    assert (spec.normalisation[0], spec.resize, spec.crop) == (norm, resize, crop)
+    assert str(spec) == f"folder:{tmp_path},{canonical}"
+    assert parse_data_spec(str(spec)) == spec
+
+
+def test_a_path_with_commas_keeps_them(tmp_path: Path) -> None:
+    spec = parse_data_spec(f"cifar10:{tmp_path}/a,b,norm=none")
+    assert spec.path == tmp_path / "a,b" and spec.norm == "none"
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (",colour=red", "unknown option 'colour'"),
+        (",norm=cifar,norm=none", "given twice"),
+        (",norm=mnist", "unknown norm 'mnist'"),
+        (",norm=cifar,mean=0.5,std=0.5", "either norm"),
+        (",mean=0.5", "go together"),
+        (",mean=a/b/c,std=1", "1 or 3 numbers"),
+        (",mean=0.1/0.2,std=1/1", "1 or 3 numbers"),
+        (",mean=0.5,std=0", "positive"),
+        (",resize=big", "side in pixels"),
+        (",resize=2", "side in pixels"),
+        (",resize=32,crop=64", "larger than resize"),
+    ],
+)
+def test_bad_preprocessing_options_name_the_fix(tmp_path: Path, options: str, match: str) -> None:
+    with pytest.raises(DataError, match=match) as info:
+        parse_data_spec(f"folder:{tmp_path}{options}")
+    assert "\n" not in str(info.value)
+
+
+def test_digits_takes_no_options() -> None:
+    with pytest.raises(DataError, match="no path or options"):
+        parse_data_spec("digits:norm=none")
 
 
 @pytest.mark.parametrize("size", [0, -1, 3.5, True])
@@ -140,7 +200,7 @@ def _write_images(folder: Path, classes: dict[str, int], *, seed: int = 0) -> No
 
 def test_image_folder_split_disjoint_and_deterministic(tmp_path: Path) -> None:
     _write_images(tmp_path, {"cat": 6, "dog": 5, "eel": 4})
-    splits = load_data(f"folder:{tmp_path}", input_size=24, seed=1)
+    splits = load_data(f"folder:{tmp_path},resize=24", input_size=24, seed=1)
     _assert_disjoint(splits)
     total = len(splits.finetune) + len(splits.holdout) + len(splits.test)
     assert total == 15
@@ -151,16 +211,16 @@ def test_image_folder_split_disjoint_and_deterministic(tmp_path: Path) -> None:
     assert 0 <= label < 3
     image, _ = splits.finetune[0]  # train-time augmentation still gives the model's size
     assert image.shape == (3, 24, 24)
-    again = load_data(f"folder:{tmp_path}", input_size=24, seed=1)
+    again = load_data(f"folder:{tmp_path},resize=24", seed=1)  # the size follows the data
     assert again.test_sources == splits.test_sources and again.digest == splits.digest
-    other = load_data(f"folder:{tmp_path}", input_size=24, seed=2)
+    other = load_data(f"folder:{tmp_path},resize=24", input_size=24, seed=2)
     assert other.digest != splits.digest
 
 
 def test_image_folder_with_train_val_subfolders(tmp_path: Path) -> None:
     _write_images(tmp_path / "train", {"a": 5, "b": 5})
     _write_images(tmp_path / "val", {"a": 2, "b": 2}, seed=1)
-    splits = load_data(f"folder:{tmp_path}", input_size=16, seed=0)
+    splits = load_data(f"folder:{tmp_path},resize=16", input_size=16, seed=0)
     _assert_disjoint(splits)
     assert len(splits.test) == 4  # val/ is the test split, as given
     assert set(splits.test_sources) == {10, 11, 12, 13}  # indexed after train/'s 10 files
@@ -172,7 +232,7 @@ def test_image_folder_with_train_val_test_subfolders(tmp_path: Path) -> None:
     _write_images(tmp_path / "train", {"a": 3, "b": 3})
     _write_images(tmp_path / "val", {"a": 1, "b": 1}, seed=1)
     _write_images(tmp_path / "test", {"a": 2, "b": 2}, seed=2)
-    splits = load_data(f"folder:{tmp_path}", input_size=16)
+    splits = load_data(f"folder:{tmp_path},resize=16", input_size=16)
     _assert_disjoint(splits)
     assert splits.finetune_sources == tuple(range(6))  # all given splits are used as they are
     assert splits.holdout_sources == (6, 7)
@@ -198,6 +258,88 @@ def test_missing_and_empty_folders_raise(tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(DataError, match="not a folder"):
         load_data(f"folder:{tmp_path / 'file.txt'}")
+
+
+def _write_square_images(folder: Path, classes: dict[str, int], side: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for name, count in classes.items():
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 255, size=(side, side, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"img{i}.png")
+
+
+def test_folder_input_size_follows_its_images(tmp_path: Path) -> None:
+    _write_square_images(tmp_path, {"a": 4, "b": 4}, side=20)
+    assert data_input_size(f"folder:{tmp_path}") == 20
+    splits = load_data(f"folder:{tmp_path}")
+    assert splits.input_size == 20 and splits.test[0][0].shape == (3, 20, 20)
+    assert splits.finetune[0][0].shape == (3, 20, 20)
+    assert data_input_size(f"folder:{tmp_path},resize=24,crop=16") == 16
+    cropped = load_data(f"folder:{tmp_path},resize=24,crop=16", input_size=16)
+    assert cropped.test[0][0].shape == (3, 16, 16) and cropped.finetune[0][0].shape == (3, 16, 16)
+    with pytest.raises(DataError, match=r"20x20 but the model takes 224x224.*resize=224"):
+        load_data(f"folder:{tmp_path}", input_size=224)
+
+
+def test_folder_of_mixed_or_oblong_images_asks_for_resize(tmp_path: Path) -> None:
+    _write_images(tmp_path / "oblong", {"a": 3, "b": 3})  # 10 wide, 12 high
+    with pytest.raises(DataError, match=r"are 10x12; .*resize=10"):
+        load_data(f"folder:{tmp_path / 'oblong'}")
+    mixed = tmp_path / "mixed"
+    _write_square_images(mixed, {"a": 3, "b": 3}, side=16)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(mixed / "a" / "big.png")
+    with pytest.raises(DataError, match=r"differ in size .*resize=16"):
+        data_input_size(f"folder:{mixed}")
+    assert load_data(f"folder:{mixed},resize=16").input_size == 16
+
+
+@pytest.mark.parametrize(
+    ("options", "mean", "std"),
+    [
+        ("", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        (",norm=imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        (",norm=none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+        (",mean=0.5,std=0.2/0.3/0.4", (0.5, 0.5, 0.5), (0.2, 0.3, 0.4)),
+    ],
+)
+def test_normalisation_is_the_users(tmp_path: Path, options: str, mean: tuple, std: tuple) -> None:
+    folder = _write_cifar(tmp_path)
+    with (folder / "test_batch").open("rb") as handle:
+        raw = pickle.load(handle)  # our own fixture: safe to unpickle here
+    splits = load_data(f"cifar10:{tmp_path}{options}")
+    pixels = torch.from_numpy(raw["data"][0].reshape(3, 32, 32).astype(np.float32)) / 255
+    expected = (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    assert torch.allclose(splits.test[0][0], expected, atol=1e-5)
+    assert splits.mean == pytest.approx(mean) and splits.std == pytest.approx(std)
+    recorded = splits.preprocessing
+    assert recorded["input_size"] == 32 and recorded["resize"] is None
+    if recorded["norm"] == "none":
+        assert recorded["mean"] is None and recorded["std"] is None
+    else:
+        assert recorded["mean"] == pytest.approx(list(mean))
+    assert splits.name.startswith(f"cifar10:{tmp_path}") and ",resize=none" in splits.name
+    assert parse_data_spec(splits.name) == parse_data_spec(f"cifar10:{tmp_path}{options}")
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "classes", "count", "warns"),
+    [
+        (10.0, 10, None, True),
+        (9.0, 10, None, True),
+        (10.5, 10, None, False),
+        (12.0, 10, 100, True),  # within two standard errors (6 points) of chance on 100 images
+        (12.0, 10, 100_000, False),
+        (90.0, 10, 100, False),
+        (50.0, 2, None, True),
+        (0.0, 1, None, False),  # one class: no chance level to compare with
+    ],
+)
+def test_check_above_chance(accuracy: float, classes: int, count: int | None, warns: bool) -> None:
+    message = check_above_chance(accuracy, classes, count=count)
+    assert (message is not None) == warns
+    if message:
+        assert "preprocessing or input size" in message and "\n" not in message
 
 
 def test_too_small_image_folder(tmp_path: Path) -> None:
@@ -246,8 +388,20 @@ def test_cifar10_folder_loads_with_disjoint_splits(tmp_path: Path) -> None:
     assert inner.finetune_sources == splits.finetune_sources
     again = load_data(f"cifar10:{tmp_path}", seed=0)
     assert again.digest == splits.digest and again.holdout_sources == splits.holdout_sources
-    resized = load_data(f"cifar10:{tmp_path}", seed=0, input_size=40)
-    assert resized.test[0][0].shape == (3, 40, 40)
+    resized = load_data(f"cifar10:{tmp_path},resize=40", seed=0, input_size=40)
+    assert resized.test[0][0].shape == (3, 40, 40) and resized.input_size == 40
+    assert resized.finetune[0][0].shape == (3, 40, 40)
+    assert resized.digest != splits.digest
+
+
+def test_cifar10_is_never_resized_silently(tmp_path: Path) -> None:
+    """A model stating 224 on 32x32 CIFAR-10 gets the option to add, not a silent resize."""
+    _write_cifar(tmp_path)
+    with pytest.raises(DataError, match=r"32x32 but the model takes 224x224.*resize=224") as info:
+        load_data(f"cifar10:{tmp_path}", input_size=224)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="makes 40x40 images but the model takes 32x32"):
+        load_data(f"cifar10:{tmp_path},resize=40", input_size=32)
 
 
 def test_cifar10_pixels_are_decoded_channel_major(tmp_path: Path) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+import subprocess
+import sys
 import textwrap
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +39,7 @@ from core.models import (
     load_weights,
     register_model,
     state_dict_digest,
+    stated_input_size,
 )
 
 REGISTERED = (
@@ -181,7 +186,7 @@ def test_torchvision_state_dict_round_trips(
     assert bundle.weights_digest == state_dict_digest(resnet18_state)
 
 
-@pytest.mark.parametrize("wrap", ["state_dict", "model", "model_state_dict", "module."])
+@pytest.mark.parametrize("wrap", ["state_dict", "model", "net", "model_state_dict", "module."])
 def test_wrapped_state_dicts_are_accepted(
     tmp_path: Path, resnet18_state: dict[str, torch.Tensor], wrap: str
 ) -> None:
@@ -193,6 +198,55 @@ def test_wrapped_state_dicts_are_accepted(
     torch.save(content, path)
     state = load_state_dict_file(path)
     assert state.keys() == resnet18_state.keys()
+
+
+@contextlib.contextmanager
+def _storages_tagged_cuda() -> Iterator[None]:
+    """Make ``torch.save`` write CPU storages as ``cuda:0``, as a file saved on a GPU has them.
+
+    A real GPU checkpoint on a machine without one: ``torch.load`` refuses it unless the loader
+    maps storages to the CPU (asserted below, so the test cannot pass without CUDA tags).
+    """
+
+    def tag(storage: object) -> str | None:
+        return "cuda:0" if getattr(storage, "device", None) == torch.device("cpu") else None
+
+    torch.serialization.register_package(0, tag, lambda storage, location: None)
+    try:
+        yield
+    finally:
+        registry = torch.serialization._package_registry
+        registry[:] = [entry for entry in registry if entry[1] is not tag]
+
+
+@pytest.mark.parametrize("name", ["resnet20-12fca82f.th", "model_best.pth.tar", "checkpoint"])
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu", "cuda"])
+def test_research_checkpoints_load_as_saved(
+    tmp_path: Path, name: str, legacy: bool, cuda: bool
+) -> None:
+    """``torch.save({'state_dict': DataParallel(model).state_dict(), ...}, 'x.th')``, as is."""
+    model = build_model("digits_resnet", width=0.5).model
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    content = {"epoch": 200, "state_dict": state, "best_prec1": 91.7}
+    path = tmp_path / name
+    with _storages_tagged_cuda() if cuda else contextlib.nullcontext():
+        torch.save(content, path, _use_new_zipfile_serialization=not legacy)
+    assert zipfile.is_zipfile(path) != legacy
+    if cuda and not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)  # really CUDA storages: a plain load fails
+    bundle = build_model("digits_resnet", width=0.5, weights=path)
+    assert bundle.weights_digest == state_dict_digest(model.state_dict())
+    assert all(t.device.type == "cpu" for t in bundle.model.state_dict().values())
+
+
+def test_nested_wrappers_are_unwrapped(
+    tmp_path: Path, resnet18_state: dict[str, torch.Tensor]
+) -> None:
+    path = tmp_path / "run.tar"
+    torch.save({"model": {"state_dict": resnet18_state}, "iteration": 7}, path)
+    assert load_state_dict_file(path).keys() == resnet18_state.keys()
 
 
 def test_class_count_is_read_from_the_weights(tmp_path: Path) -> None:
@@ -376,6 +430,71 @@ def test_module_function_loads_its_weights(user_module: str, tmp_path: Path) -> 
 def test_module_function_errors(user_module: str, name: str, kwargs: dict, match: str) -> None:
     with pytest.raises(LayerMergeError, match=match) as info:
         build_model(name, **kwargs)
+    _single_line(info.value)
+
+
+def test_file_path_function_needs_no_python_path(tmp_path: Path) -> None:
+    """``path/to/file.py:function``: the file runs by its path, importing its sibling files."""
+    folder = tmp_path / "downloaded repo"
+    folder.mkdir()
+    (folder / "blocks_for_path_test.py").write_text(
+        "from torch import nn\n\ndef conv(i, o):\n    return nn.Conv2d(i, o, 3, padding=1)\n"
+    )
+    (folder / "net.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+            from blocks_for_path_test import conv  # a sibling file, as research repos do
+
+            def tiny(num_classes=3):
+                return nn.Sequential(
+                    conv(3, 4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                    nn.Linear(4, num_classes),
+                )
+            """
+        )
+    )
+    name = f"{folder / 'net.py'}:tiny"
+    assert str(folder) not in sys.path
+    bundle = build_model(name)
+    assert bundle.num_classes == 3 and bundle.name == name
+    assert bundle.input_size == 224 and bundle.input_size_source == "fallback"
+    assert stated_input_size(name) is None
+    assert build_model(name, input_size=32).input_size_source == "given"
+    assert str(folder) not in sys.path  # the folder is on the path only while the file runs
+    assert type(build_model(name).model) is type(bundle.model)  # the file ran once
+    # the same from another process and working directory, with a relative path
+    script = (
+        "from core.models import build_model; "
+        "print(build_model('net.py:tiny', num_classes=5).num_classes)"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "5"
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("{tmp}/missing.py:make", "does not exist"),
+        ("{tmp}/broken.py:make", "failed to load: ZeroDivisionError"),
+        ("{tmp}/fine.py:absent", "no function 'absent'"),
+        ("{tmp}/fine.py:", "path/to/file.py:function"),
+    ],
+)
+def test_file_path_function_errors(tmp_path: Path, name: str, match: str) -> None:
+    (tmp_path / "broken.py").write_text("x = 1 / 0\n")
+    (tmp_path / "fine.py").write_text("def make():\n    return None\n")
+    with pytest.raises(LayerMergeError, match=match) as info:
+        build_model(name.format(tmp=tmp_path))
     _single_line(info.value)
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from core.chain import ACTIVATION_KINDS
 from core.errors import LayerMergeError, UnsafeCheckpointError
 from core.files import jsonable, library_versions, read_untrusted_checkpoint
-from core.network import NETWORK_SPEC_VERSION, StepNetwork
+from core.network import NETWORK_SPEC_VERSIONS, ZERO_PAD_SPEC_VERSION, StepNetwork
 from core.solution import Solution
 
 __all__ = [
@@ -199,10 +199,11 @@ def validate_network_spec(spec: Any, *, name: str = "checkpoint") -> None:
     for key in ("version", "input_shape", "steps"):
         if key not in spec:
             raise UnsafeCheckpointError(f"{name}: the network spec lacks {key!r}")
-    if spec["version"] != NETWORK_SPEC_VERSION:
+    version = spec["version"]
+    if isinstance(version, bool) or version not in NETWORK_SPEC_VERSIONS:
         raise UnsafeCheckpointError(
-            f"{name}: network spec version {spec['version']!r} is not supported (this version "
-            f"reads {NETWORK_SPEC_VERSION})"
+            f"{name}: network spec version {version!r} is not supported (this version reads "
+            f"{', '.join(str(v) for v in NETWORK_SPEC_VERSIONS)})"
         )
     shape = spec["input_shape"]
     if (
@@ -251,6 +252,18 @@ def validate_network_spec(spec: Any, *, name: str = "checkpoint") -> None:
                 if not isinstance(shortcut, dict):
                     raise UnsafeCheckpointError(f"{where}: shortcut must be a dict or null")
                 _check_conv(shortcut, f"{where} shortcut", names)
+            zero_pad = step.get("zero_pad_shortcut")
+            if zero_pad is not None:
+                if version < ZERO_PAD_SPEC_VERSION:
+                    raise UnsafeCheckpointError(
+                        f"{where}: zero_pad_shortcut needs network spec version "
+                        f"{ZERO_PAD_SPEC_VERSION}, the spec says {version}"
+                    )
+                if shortcut is not None:
+                    raise UnsafeCheckpointError(
+                        f"{where}: an add has either a shortcut conv or a zero_pad_shortcut"
+                    )
+                _check_zero_pad(zero_pad, where)
         else:  # fixed
             _check_fixed(step, where, names)
 
@@ -379,6 +392,20 @@ def _check_conv(step: dict[str, Any], where: str, names: set[str]) -> None:
     momentum = bn.get("momentum")
     if momentum is not None and not _is_number(momentum):
         raise UnsafeCheckpointError(f"{where}: bn momentum must be a number or null")
+
+
+def _check_zero_pad(zero_pad: Any, where: str) -> None:
+    """The option-A shortcut: ``{"stride": s, "channels": [before, after]}``, small integers."""
+    if not isinstance(zero_pad, dict) or set(zero_pad) != {"stride", "channels"}:
+        raise UnsafeCheckpointError(
+            f"{where}: zero_pad_shortcut must be a dict with exactly 'stride' and 'channels'"
+        )
+    _require(_is_int(zero_pad["stride"], 1, _MAX_STRIDE), where, "stride", zero_pad["stride"])
+    channels = zero_pad["channels"]
+    if not isinstance(channels, list | tuple) or len(channels) != 2:
+        raise UnsafeCheckpointError(f"{where}: zero_pad_shortcut channels must be [before, after]")
+    for value in channels:
+        _require(_is_int(value, 0, _MAX_CHANNELS), where, "channels", value)
 
 
 def _check_fixed(step: dict[str, Any], where: str, names: set[str]) -> None:
