@@ -1,9 +1,10 @@
 """A UNet's training form and merged form of one solution, with the structure that rebuilds them.
 
 The flow itself is written once for every family (``core.flow.compress`` and
-``core.flow.apply_solution``); this module only keeps the UNet-shaped result that
-``pages/_shared/diffusion.py`` and ``tests/diffusion/test_unet_tables.py`` still use, which adds
-the JSON structure a UNet checkpoint stores. New code calls ``core.flow.apply_solution``.
+``core.flow.apply_solution``); this module only keeps the UNet-shaped result that the pages'
+finetune job, ``bench/bench_unet.py`` and ``tests/diffusion/test_unet_tables.py`` still use,
+which adds the JSON structure a UNet checkpoint stores. New code calls
+``core.flow.apply_solution``.
 """
 
 from __future__ import annotations
