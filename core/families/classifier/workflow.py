@@ -26,7 +26,7 @@ from core.finetune import FinetuneConfig, finetune, load_finetune_checkpoint
 from core.models import ModelBundle
 from core.network import StepNetwork
 
-__all__ = ["STATE_NAME", "finetune_config", "run_finetune", "load_finetuned"]
+__all__ = ["STATE_NAME", "finetune_config", "run_finetune", "load_finetuned", "summary"]
 
 STATE_NAME = "checkpoint.pt"  # the finetune checkpoint inside a finetune output folder
 _DEFAULTS = FinetuneConfig()
