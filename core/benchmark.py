@@ -21,10 +21,10 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,10 +32,11 @@ from torch import nn
 
 from core.chain import Chain
 from core.errors import LayerMergeError
-from core.export import export_onnx
 from core.merge import merge_model
 from core.network import StepNetwork
+from core.onnx_export import export_onnx
 from core.segments import keep_everything_solution
+from core.solution import Solution
 
 __all__ = [
     "BACKENDS",
@@ -44,6 +45,8 @@ __all__ = [
     "compare",
     "folded_original",
     "predicted_speedup",
+    "predicted_from_meta",
+    "alternate",
     "use_heap_allocator",
 ]
 
@@ -55,6 +58,7 @@ DEFAULT_ROUND_S = 0.05  # each round runs a network for at least this long
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _HEAP_THRESHOLD_BYTES = 1 << 30
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,48 @@ def predicted_speedup(
         return original_table_latency_ms / solution_latency_ms
     rest = max(network_latency_ms - original_table_latency_ms, 0.0)
     return (rest + original_table_latency_ms) / (rest + solution_latency_ms)
+
+
+def alternate(runs: Mapping[str, Callable[[], T]], *, repeats: int) -> dict[str, list[T]]:
+    """Call each run ``repeats`` times, the order flipping every repeat; collect what they return.
+
+    The protocol of :func:`measure_side_by_side`, for jobs too long to loop over (a whole DDIM
+    sampling run, which times itself): A B, B A, A B, ..., so slow drift on a shared machine hits
+    every run alike.
+
+    Returns:
+        Each run's name with its ``repeats`` results, in the order they ran.
+    """
+    results: dict[str, list[T]] = {name: [] for name in runs}
+    order = list(runs.items())
+    for index in range(repeats):
+        for name, run in order if index % 2 == 0 else reversed(order):
+            results[name].append(run())
+    return results
+
+
+def predicted_from_meta(meta: Mapping[str, Any], solution: Solution) -> dict[str, Any]:
+    """What a table directory's meta.json predicts for ``solution``, beside the settings it used.
+
+    Returns:
+        The table latencies (the solution's, the original's, the whole network's when measured),
+        :func:`predicted_speedup`, and the batch, backend and threads the table was measured with.
+    """
+    original_table = float(meta.get("original_table_latency_ms", 0.0))
+    network = meta.get("network_latency_ms")
+    return {
+        "table_latency_ms": solution.latency_ms,
+        "original_table_latency_ms": original_table,
+        "network_latency_ms": network,
+        "speedup": predicted_speedup(
+            solution.latency_ms,
+            original_table,
+            network_latency_ms=float(network) if network else None,
+        ),
+        "table_batch": meta.get("batch"),
+        "table_backend": meta.get("backend"),
+        "table_threads": meta.get("threads"),
+    }
 
 
 def use_heap_allocator() -> bool:

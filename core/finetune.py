@@ -4,9 +4,13 @@ After surgery (core.surgery) a network has lost activations and convs; a short f
 most of the accuracy before merging (LAYERMERGE.md §5.2: SGD, cosine schedule with warm-up, label
 smoothing, optionally distillation from the original network as Kim23's ``--distill``).
 
-:func:`finetune` is a plain function the CLI and the app's background thread both call: it never
-prints, reports through a callback receiving :class:`FinetuneProgress`, stops cleanly when a
-``threading.Event`` is set, and writes a checkpoint every ``checkpoint_every`` steps. A checkpoint
+:func:`finetune` is the classifier family's loop (``ClassifierFamily.finetune``; the finetune
+workflow, ``core.workflows.finetune``, runs it for the CLI and the app alike): it never prints,
+reports through a callback receiving :class:`FinetuneProgress`, stops cleanly when a
+``threading.Event`` is set, and writes a checkpoint every ``checkpoint_every`` steps. The UNet
+family's loop (``core.families.unet.finetune``) follows the same conventions: a ``cancel`` event,
+a ``status`` of "completed" or "cancelled", reports with ``step``, ``total_steps``, ``eta_s`` and
+``readout()``. A checkpoint
 is a dict of plain tensors and JSON-able values (nanoGPT's recipe: state_dicts plus plain values,
 no pickled classes), loadable with ``torch.load(weights_only=True)``, holding everything a resume
 needs: weights, optimizer state, schedule position and RNG states. Batches are a pure function of
@@ -177,6 +181,13 @@ class FinetuneProgress:
     lr: float  # the learning rate the step used
     eta_s: float | None  # estimated seconds left
     elapsed_s: float  # seconds since this call started (a resume restarts it)
+
+    def readout(self) -> str:
+        """The figures a progress bar shows after ``step/total`` (the family-neutral protocol)."""
+        return (
+            f"epoch {self.epoch + 1} loss {self.loss:.4f} acc {self.accuracy:5.1f}% "
+            f"lr {self.lr:.2e}"
+        )
 
 
 @dataclass(frozen=True)

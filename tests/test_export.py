@@ -117,6 +117,7 @@ def _synthetic_tables(chain: Chain) -> Tables:
     for segment in find_segments(chain, include_removals=True):
         for option in segment.options:
             pruned = segment.end - segment.start - len(option.kept_convs)
+            importance = float(np.exp(-0.02 * pruned - 0.01 * (segment.end - segment.start)))
             entries.append(
                 TableEntry(
                     segment.start,
@@ -126,7 +127,8 @@ def _synthetic_tables(chain: Chain) -> Tables:
                     option.stride,
                     option.kept_convs,
                     latency_ms=0.0 if option.is_removal else 0.05 + 0.02 * option.kernel**2,
-                    importance=float(np.exp(-0.02 * pruned - 0.01 * (segment.end - segment.start))),
+                    importance=importance,
+                    delta_acc=100.0 * (importance - 1.0),  # the DP's additive objective reads it
                 )
             )
     original = sum(e.latency_ms for e in entries if e.end - e.start == 1 and e.keeps_all_convs)

@@ -1,49 +1,63 @@
 """``python -m core finetune MODEL --solution FILE --data SPEC --out DIR``: finetune, then merge.
 
-Writes ``DIR/checkpoint.pt`` every few steps (running the same command again resumes from it),
-and at the end ``DIR/compressed.pt`` (the export format) and ``DIR/metrics.json``. A progress bar
-with loss, accuracy and ETA goes to stderr. Ctrl-C stops cleanly at the next step with a
-checkpoint; a second Ctrl-C interrupts at once.
+The finetune workflow (``core.workflows.finetune``), the same for every model family: the loop
+writes its run state to DIR every few steps (running the same command again resumes from it),
+DIR holds the finetuned training form for ``compress --finetuned``, and once the loop completes
+``DIR/compressed.pt`` (the export format) and ``DIR/metrics.json``. A progress bar with the
+family's figures and an ETA goes to stderr. Ctrl-C stops cleanly at the next step with the run
+state saved; a second Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from core import export
-from core.commands import diffusion_cmd
-from core.commands.common import add_model_arguments
-from core.commands.compress_cmd import CHECKPOINT_NAME, merge_error, prepare
-from core.commands.diffusion_cmd import is_diffusion
-from core.errors import LayerMergeError
-from core.export import jsonable, network_metrics
-from core.families.unet.finetune import UNetFinetuneConfig
-from core.finetune import (
-    FinetuneConfig,
-    FinetuneProgress,
-    evaluate,
-    finetune,
-    resolve_device,
+from core.commands.common import (
+    add_model_arguments,
+    figure_lines,
+    load,
+    options_of,
+    require_positive,
 )
-from core.merge import merge
-from core.surgery import build_training_network
+from core.families import FinetuneReport
+from core.families.unet.finetune import UNetFinetuneConfig
+from core.finetune import FinetuneConfig
+from core.workflows.finetune import finetune
+from core.workflows.model import load_data, load_solution
 
-__all__ = ["add_parser", "run", "format_text", "COMPRESSED_NAME", "METRICS_NAME"]
+__all__ = ["add_parser", "run", "format_text"]
 
-COMPRESSED_NAME = "compressed.pt"
-METRICS_NAME = "metrics.json"
+# The defaults named in --help: each family fills in its own (ModelFamily.finetune_config).
 _DEFAULTS = FinetuneConfig()
 _UNET_DEFAULTS = UNetFinetuneConfig()
+# The options whose meaning and defaults belong to the model's family.
+FAMILY_OPTIONS = (
+    "epochs",
+    "steps",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "weight_decay",
+    "momentum",
+    "warmup",
+    "label_smoothing",
+    "distill",
+    "temperature",
+    "grad_clip",
+    "seed",
+    "device",
+    "checkpoint_every",
+    "ema_decay",
+    "eval_every",
+    "cosine",
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -53,16 +67,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Finetune the training-form network of SOLUTION on the finetune split of "
         "--data, with checkpoints in DIR (rerun the same command to resume), then merge it and "
         "write DIR/compressed.pt and DIR/metrics.json. A diffusion UNet trains with Adam on the "
-        "ε-prediction loss and writes DIR/finetuned.pt (its training form, for compress "
-        "--finetuned), DIR/compressed.pt and DIR/metrics.json, with the holdout ε-loss before "
-        "and after; it has no resumable checkpoint.",
+        "ε-prediction loss, keeps its resumable run state in DIR/finetune-state.pt and writes "
+        "DIR/finetuned.pt (its training form, for compress --finetuned), DIR/compressed.pt and "
+        "DIR/metrics.json, with the holdout ε-loss before and after.",
     )
     add_model_arguments(parser)
     parser.add_argument("--solution", required=True, metavar="FILE", help="solution JSON")
     parser.add_argument("--data", required=True, metavar="SPEC", help="digits, folder:PATH, ...")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    # Defaults of None are filled in by kind (CNN: FinetuneConfig, UNet: UNetFinetuneConfig), so
-    # an option given for the wrong kind of model is refused instead of silently ignored.
+    # Defaults of None are filled in by the model's family (ModelFamily.finetune_config), so an
+    # option given for another kind of model is refused instead of silently ignored.
     length = parser.add_mutually_exclusive_group()
     length.add_argument(
         "--epochs", type=int, default=None, help=f"passes over data (default {_DEFAULTS.epochs})"
@@ -143,186 +157,68 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if is_diffusion(args):
-        return diffusion_cmd.finetune(args)
+    require_positive(args, ["threads"])
     if args.threads is not None:
-        if args.threads < 1:
-            raise LayerMergeError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    for flag, value in (("--ema-decay", args.ema_decay), ("--eval-every", args.eval_every)):
-        if value is not None:
-            raise LayerMergeError(f"{flag} applies to diffusion UNets only")
-    if args.cosine:
-        raise LayerMergeError("--cosine applies to diffusion UNets only (CNNs always use it)")
-    config = FinetuneConfig(
-        optimizer=_given(args.optimizer, _DEFAULTS.optimizer),
-        lr=_given(args.lr, _DEFAULTS.lr),
-        weight_decay=_given(args.weight_decay, _DEFAULTS.weight_decay),
-        momentum=_given(args.momentum, _DEFAULTS.momentum),
-        epochs=_given(args.epochs, _DEFAULTS.epochs),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        warmup_fraction=_given(args.warmup, _DEFAULTS.warmup_fraction),
-        label_smoothing=_given(args.label_smoothing, _DEFAULTS.label_smoothing),
-        distill_alpha=_given(args.distill, _DEFAULTS.distill_alpha),
-        distill_temperature=_given(args.temperature, _DEFAULTS.distill_temperature),
-        grad_clip=args.grad_clip,
-        seed=args.seed,
-        device=args.device,
-        checkpoint_every=_given(args.checkpoint_every, _DEFAULTS.checkpoint_every),
-    )
-    resolve_device(config.device)  # refuse cuda without CUDA before any work
-    bundle, chain, solution = prepare(args)
-    training = build_training_network(bundle.model, chain, solution)
-
-    from core.data import load_data
-
-    splits = load_data(args.data, input_size=bundle.input_size)
-    if splits.num_classes != bundle.num_classes:
-        raise LayerMergeError(
-            f"{splits.name} has {splits.num_classes} classes but {bundle.name} predicts "
-            f"{bundle.num_classes}; give weights trained on this dataset"
-        )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise LayerMergeError(f"--out {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LayerMergeError(f"cannot create {out}: {exc.strerror or exc}") from exc
-    checkpoint = out / CHECKPOINT_NAME
-    if args.restart:
-        checkpoint.unlink(missing_ok=True)
-    resuming = checkpoint.exists()
-
-    before = evaluate(bundle.model, splits.test)
-    surgery = evaluate(training, splits.test)
-    metrics: dict[str, Any] = {
-        "data": splits.name,
-        "accuracy_before": before.accuracy,
-        "loss_before": before.loss,
-        "accuracy_after_surgery": surgery.accuracy,
-    }
-    metadata = {
-        "model": bundle.name,
-        "width": bundle.width,
-        "input_size": bundle.input_size,
-        "weights": bundle.weights_note,
-        "weights_digest": bundle.weights_digest,
-        "solution": solution.to_dict(),
-        "metrics": metrics,
-    }
+    model = load(args)
+    data = load_data(model, args.data)
+    config = model.family.finetune_config(options_of(args, FAMILY_OPTIONS), data)
+    solution = load_solution(model, args.solution)
     cancel = threading.Event()
     with _cancel_on_interrupt(cancel):
-        result = finetune(
-            training,
-            splits.finetune,
-            config=config,
-            teacher=bundle.model if config.distill_alpha > 0 else None,
-            checkpoint_path=checkpoint,
-            metadata=metadata,
+        outcome = finetune(
+            model,
+            solution,
+            data,
+            config,
+            out=args.out,
+            solution_source=args.solution,
+            restart=args.restart,
+            onnx=args.onnx,
             progress=_ProgressBar(),
             cancel=cancel,
         )
-    summary: dict[str, Any] = {
-        "model": bundle.name,
-        "weights": bundle.weights_note,
-        "solution": str(args.solution),
-        "method": solution.method,
-        "status": result.status,
-        "step": result.step,
-        "total_steps": result.total_steps,
-        "resumed_from": result.resumed_from if resuming else None,
-        "device": result.device,
-        "train_seconds": round(result.elapsed_s, 2),
-        "train_loss": _finite_or_none(result.loss),
-        "train_accuracy": _finite_or_none(result.accuracy),
-        "checkpoint": str(checkpoint),
-        "config": config.to_dict(),
-        "compressed": None,
-        "onnx": None,
-    }
-    if result.status == "completed":
-        merged = merge(result.network, chain, solution)
-        after = evaluate(merged, splits.test)
-        metrics.update(
-            accuracy_after=after.accuracy,
-            loss_after=after.loss,
-            merge_max_relative_error=merge_error(result.network, merged, chain),
-            predicted_latency_ms=solution.latency_ms,
-            finetune_steps=result.step,
-            original={**network_metrics(bundle.model), "depth": len(chain.convs)},
-        )
-        summary["compressed"] = str(
-            export.save(
-                merged,
-                out / COMPRESSED_NAME,
-                solution=solution,
-                model_name=bundle.name,
-                width=bundle.width,
-                input_size=bundle.input_size,
-                num_classes=bundle.num_classes,
-                metrics=metrics,
-            )
-        )
-        metrics["compressed"] = network_metrics(merged)
-        if args.onnx:
-            onnx_path = export.export_onnx(merged, out / "compressed.onnx", chain.input_shape)
-            summary["onnx"] = str(onnx_path)
-    summary["metrics"] = jsonable(metrics)
-    (out / METRICS_NAME).write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+    return outcome.summary()
 
 
 def format_text(result: dict[str, Any]) -> str:
-    if result.get("kind") == "diffusion":
-        return diffusion_cmd.format_finetune(result)
     metrics = result["metrics"]
+    kind = f" ({result['kind']})" if "kind" in result else ""
     lines = [
-        f"{result['model']} finetuned for {result['method']} ({result['solution']}): "
+        f"{result['model']}{kind} finetuned for {result['method']} ({result['solution']}): "
         f"{result['status']} at step {result['step']}/{result['total_steps']} on "
         f"{result['device']} in {result['train_seconds']:.1f} s",
         f"  {result['weights']}",
-        f"  test accuracy: original {metrics['accuracy_before']:.2f}%, after surgery "
-        f"{metrics['accuracy_after_surgery']:.2f}%"
-        + (
-            f", finetuned and merged {metrics['accuracy_after']:.2f}%"
-            if "accuracy_after" in metrics
-            else ""
-        ),
+        *figure_lines(result, "finetune"),
     ]
     if result["resumed_from"] is not None:
         lines.append(f"  resumed from step {result['resumed_from']}")
     if result["status"] == "cancelled":
-        lines.append(f"  checkpoint {result['checkpoint']}: rerun the same command to resume")
+        state = metrics.get("finetune_state", result["checkpoint"])
+        lines.append(f"  run state {state}: rerun the same command to resume")
     if result["compressed"]:
-        compressed = metrics["compressed"]
+        original, compressed = metrics["original"], metrics["compressed"]
         lines.append(
-            f"  depth {metrics['original']['depth']} -> {compressed['depth']}, params "
-            f"{metrics['original']['params']:,} -> {compressed['params']:,}"
+            f"  depth {original['depth']} -> {compressed['depth']}, params "
+            f"{original['params']:,} -> {compressed['params']:,}; merged == training form to "
+            f"{metrics['merge_max_relative_error']:.1e} (relative)"
         )
+    lines.append(f"finetuned training form written to {result['finetuned']}")
+    if result["compressed"]:
         lines.append(f"compressed checkpoint written to {result['compressed']}")
     if result["onnx"]:
         lines.append(f"ONNX written to {result['onnx']}")
     return "\n".join(lines)
 
 
-def _given(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 class _ProgressBar:
-    """Draws ``[####....] step/total loss acc lr ETA`` on stderr, at most a few times a second."""
+    """Draws ``[####....] step/total <the family's figures> ETA`` on stderr, a few times a second."""
 
     def __init__(self) -> None:
         self._last = 0.0
         self._tty = sys.stderr.isatty()
 
-    def __call__(self, report: FinetuneProgress) -> None:
+    def __call__(self, report: FinetuneReport) -> None:
         now = time.monotonic()
         done = report.step >= report.total_steps
         interval = 0.25 if self._tty else 10.0
@@ -334,8 +230,7 @@ class _ProgressBar:
         eta = f" ETA {report.eta_s:4.0f}s" if report.eta_s is not None and not done else ""
         line = (
             f"finetune [{'#' * filled}{'.' * (width - filled)}] {report.step}/{report.total_steps}"
-            f" epoch {report.epoch + 1} loss {report.loss:.4f} acc {report.accuracy:5.1f}%"
-            f" lr {report.lr:.2e}{eta}"
+            f" {report.readout()}{eta}"
         )
         end = "\n" if done or not self._tty else "\r"
         print(line, end=end, file=sys.stderr, flush=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from core.families import classifier, unet  # noqa: F401  (registration side effects)
 from core.families.base import (
+    FinetunedWeights,
+    FinetuneReport,
+    FinetuneRun,
     ModelFamily,
     TaskInfo,
     checkpoint_formats,
@@ -34,4 +37,7 @@ __all__ = [
     "list_families",
     "family_model_names",
     "list_models",
+    "FinetuneReport",
+    "FinetuneRun",
+    "FinetunedWeights",
 ]

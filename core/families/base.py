@@ -25,15 +25,19 @@ test's) can claim a name before the built-in classifier family, which claims eve
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from core.chain import Chain
+from core.errors import LayerMergeError
+from core.families.options import refuse
+from core.files import read_untrusted_checkpoint
 from core.segments import Segment
 from core.solution import Solution
 
@@ -49,6 +53,9 @@ __all__ = [
     "list_models",
     "family_for_checkpoint",
     "checkpoint_formats",
+    "FinetuneReport",
+    "FinetuneRun",
+    "FinetunedWeights",
 ]
 
 
@@ -65,6 +72,50 @@ class TaskInfo:
     quality: str
     higher_is_better: bool
     panel: str
+
+
+class FinetuneReport(Protocol):
+    """What every family's finetune loop reports after each step (its own dataclass has more)."""
+
+    step: int  # steps done, over every resume
+    total_steps: int
+
+    @property
+    def eta_s(self) -> float | None: ...  # estimated seconds left
+
+    def readout(self) -> str:
+        """The figures a progress bar shows after ``step/total`` ("loss 0.1234 acc 93.1%")."""
+        ...
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """How a family's finetune loop ended, in the terms every family shares.
+
+    The loops themselves (``core.finetune.finetune``, ``core.families.unet.finetune.finetune_unet``)
+    return richer results; :meth:`ModelFamily.finetune` reduces them to this, which is all the
+    finetune workflow needs.
+    """
+
+    network: nn.Module  # the finetuned training form: a new module or the one given, CPU, eval
+    status: str  # "completed" or "cancelled"
+    step: int  # steps done, over every resume
+    total_steps: int
+    resumed_from: int  # the step this call started from (0 when fresh)
+    loss: float  # the last mean training loss (nan when no step was ever taken)
+    elapsed_s: float  # seconds this call ran
+    device: str
+    figures: Mapping[str, float | None]  # more training figures the summary shows, by key
+
+
+@dataclass(frozen=True)
+class FinetunedWeights:
+    """A finetuned training form read back from a finetune run (``compress --finetuned``)."""
+
+    network: nn.Module  # the training form holding the finetuned weights
+    path: Path  # the file read
+    status: str | None  # how the run stood, for people ("completed at step 4/4")
+    metrics: Mapping[str, Any]  # the run's figures, carried into the compressed checkpoint
 
 
 class ModelFamily(abc.ABC):
@@ -101,6 +152,10 @@ class ModelFamily(abc.ABC):
         """Build ``model`` with its weights read safely; bad input raises ``LayerMergeError``."""
 
     # ------------------------------------------------------------------ structure
+    def states_input_size(self, model: str) -> bool:
+        """Whether ``model`` fixes its own input size; if not, the size follows the data."""
+        return True
+
     @abc.abstractmethod
     def trace(self, bundle: Any) -> Any:
         """Trace the bundle's model into this family's traced form."""
@@ -157,6 +212,156 @@ class ModelFamily(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, network: nn.Module, data: Any) -> dict[str, float]:
         """The task's figures for ``network`` on the held-out test split (``task.quality`` first)."""
+
+    # ------------------------------------------------------------------ the workflows' parts
+    # What core.workflows and the CLI verbs ask of a family beyond the core protocol. Each default
+    # suits a family whose networks take one image tensor, so a family overrides what differs.
+
+    def trace_model(self, model: nn.Module, *, input_size: int | None = None) -> Any:
+        """Trace a bare module of this family (``core.flow.compress`` has no bundle)."""
+        raise LayerMergeError(f"the {self.name} family cannot trace a bare module")
+
+    def describe_chain(
+        self, bundle: Any, traced: Any, description: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The ``chain`` verb's JSON-able description, with this family's own fields added."""
+        return description
+
+    def result_fields(self) -> dict[str, Any]:
+        """Fields every CLI result about this family's models carries (none by default)."""
+        return {}
+
+    def network_summary(self, network: nn.Module, traced: Any) -> dict[str, int]:
+        """Parameters, conv layers and main-path depth of an original, training or merged network."""
+        convs = sum(isinstance(m, nn.Conv2d) for m in network.modules())
+        params = sum(p.numel() for p in network.parameters())
+        return {"params": int(params), "conv_count": int(convs), "depth": int(convs)}
+
+    def figures(self) -> dict[str, tuple[str, str]]:
+        """The figures :meth:`evaluate` returns, in its order: name -> (label, format spec)."""
+        return {}
+
+    def metric_names(self, job: str) -> dict[str, str]:
+        """Where ``job`` (``"compress"`` or ``"finetune"``) records each network's figures.
+
+        Stages: ``original`` (the model given), ``surgery`` (the training form before
+        finetuning), ``finetuned`` (after it) and ``merged``, each mapped to a metrics key
+        template whose ``{}`` is a figure name of :meth:`evaluate`. A stage left out is not
+        evaluated. The keys are part of metrics.json and the checkpoints, so they never change.
+        """
+        if job == "finetune":
+            return {"original": "{}_before", "surgery": "{}_after_surgery", "merged": "{}_after"}
+        return {"original": "{}_before", "merged": "{}_after"}
+
+    def export_onnx(self, network: nn.Module, path: Path, traced: Any) -> Path:
+        """Write ``network`` as ONNX (inputs named as :meth:`onnx_inputs`), checked against ORT."""
+        raise LayerMergeError(f"the {self.name} family has no ONNX export")
+
+    def finetune_state_path(self, out: Path) -> Path:
+        """The resumable run state inside a finetune output folder ``out``."""
+        return out / "checkpoint.pt"
+
+    def finetune_config(self, options: Mapping[str, Any], data: Any) -> Any:
+        """This family's finetune settings from the CLI's options (``core.families.options``).
+
+        The result has ``to_dict()`` (recorded in metrics.json) and goes to :meth:`finetune`.
+
+        Raises:
+            LayerMergeError: an option that does not apply, or a value out of range.
+        """
+        raise LayerMergeError(f"the {self.name} family has no finetune")
+
+    def finetune(
+        self,
+        bundle: Any,
+        traced: Any,
+        training: nn.Module,
+        data: Any,
+        config: Any,
+        *,
+        checkpoint: Path | None,
+        metadata: Mapping[str, Any],
+        progress: Callable[[FinetuneReport], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> FinetuneRun:
+        """Finetune the training form on ``data``, resuming from ``checkpoint`` when it exists.
+
+        The loop writes its run state to ``checkpoint`` as it goes, reports each step to
+        ``progress``, and stops cleanly (state saved, status ``"cancelled"``) once ``cancel`` is
+        set. ``metadata`` (JSON-able) is stored with the state where the format keeps it.
+        """
+        raise LayerMergeError(f"the {self.name} family has no finetune")
+
+    def save_finetuned(
+        self,
+        network: nn.Module,
+        bundle: Any,
+        traced: Any,
+        solution: Solution,
+        out: Path,
+        *,
+        metrics: Mapping[str, Any],
+    ) -> Path:
+        """Keep the finetuned training form in ``out`` for ``compress --finetuned``; its path.
+
+        By default the run state of :meth:`finetune` already holds it, so nothing is written.
+        """
+        return self.finetune_state_path(out)
+
+    def load_finetuned(
+        self, source: str | Path, training: nn.Module, bundle: Any, traced: Any, solution: Solution
+    ) -> FinetunedWeights:
+        """The finetuned training form of a finetune output folder (or its file), checked to fit.
+
+        Raises:
+            UnsafeCheckpointError: unreadable or unsafe.
+            LayerMergeError: made for another model or solution.
+        """
+        raise LayerMergeError(f"the {self.name} family has no finetune")
+
+    def speed_baseline(
+        self, bundle: Any, traced: Any, baseline: str | None
+    ) -> tuple[nn.Module, str]:
+        """The original network a speed-up is measured against, and how to call it.
+
+        ``baseline`` is the bench's ``--baseline`` (None: the family's default).
+        """
+        if baseline not in (None, "module"):
+            raise LayerMergeError(f"--baseline {baseline} does not apply to {self.name} models")
+        return bundle.model, "original module"
+
+    def bench_backends(self) -> tuple[str, ...]:
+        """The backends a bench times on by default."""
+        return ("torch", "onnxruntime")
+
+    def timing_module(self, network: nn.Module) -> nn.Module:
+        """``network`` as a module of one tensor in, one out, which the benchmark can time."""
+        return network
+
+    def load_compressed(self, source: str | Path, bundle: Any, traced: Any) -> nn.Module:
+        """A compressed checkpoint of this family, checked to fit ``bundle``'s model.
+
+        Raises:
+            UnsafeCheckpointError: unreadable, unsafe or of another family's format.
+            LayerMergeError: a checkpoint of another model.
+        """
+        loaded, name = read_untrusted_checkpoint(source)
+        return self.from_checkpoint(loaded, name=name)
+
+    def measure_config(self, options: Mapping[str, Any], bundle: Any) -> Any:
+        """The settings of this family's extra bench measurements, from the CLI's options.
+
+        Raises:
+            LayerMergeError: an option that does not apply, or a value out of range.
+        """
+        refuse(options, dict.fromkeys(options, ""), models=f"{self.name} models")
+        return None
+
+    def measure_extra(
+        self, config: Any, original: nn.Module, compressed: nn.Module, *, threads: int | None
+    ) -> dict[str, Any]:
+        """Measurements beside the speed table (a UNet's sampling time), as JSON-able fields."""
+        return {}
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -23,10 +23,11 @@ import torch
 
 from core import export
 from core.__main__ import main
+from core.families import family_for
 from core.families.unet.chain import trace_unet, unet_segments, unet_table_entries
 from core.families.unet.export import load_unet_checkpoint
-from core.families.unet.flow import apply_unet_solution
 from core.families.unet.unet import build_unet, save_unet_folder, unet_from_config
+from core.flow import apply_solution
 from core.segments import validate_solution
 from core.solution import load_solution
 from core.tables import manifest_entry, read_tables
@@ -218,7 +219,8 @@ def test_compress_writes_a_checkpoint_equal_to_the_training_form_and_onnx(
 
     bundle = build_unet(tiny)
     uchain = trace_unet(bundle.model)
-    training = apply_unet_solution(bundle.model, uchain, load_solution(solution)).training_network
+    built = apply_solution(bundle.model, uchain, load_solution(solution), family=family_for(tiny))
+    training = built.training_network
     sample = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     steps = torch.tensor([0, 300, 999])
     with torch.no_grad():

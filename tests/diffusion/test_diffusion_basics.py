@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -221,30 +222,32 @@ def test_finetune_unet_lowers_the_holdout_loss_and_reports_progress() -> None:
     reports: list[UNetFinetuneProgress] = []
     config = UNetFinetuneConfig(steps=12, lr=2e-3, batch_size=32, eval_every=6)
     result = finetune_unet(unet, small_data(), config, progress=reports.append)
-    assert result.unet is unet and not unet.training
-    assert result.steps_done == 12 and not result.stopped
+    assert result.network is unet and not unet.training
+    assert result.step == result.total_steps == 12 and result.status == "completed"
     assert result.holdout_loss_after < 0.7 * result.holdout_loss_before
     assert [r.step for r in reports] == list(range(1, 13)) and result.history == reports
     assert [r.step for r in reports if r.holdout_loss is not None] == [6, 12]
     assert reports[-1].holdout_loss == pytest.approx(result.holdout_loss_after)
+    assert result.loss == reports[-1].loss == reports[-1].train_loss
+    assert reports[0].eta_s is not None and reports[-1].eta_s == 0.0
+    assert reports[-1].readout().startswith(f"loss {reports[-1].train_loss:.4f} holdout ")
 
 
-def test_finetune_unet_is_seeded_and_honours_should_stop() -> None:
+def test_finetune_unet_is_seeded_and_honours_cancel() -> None:
     config = UNetFinetuneConfig(steps=20, lr=1e-3, batch_size=16, eval_every=50, ema_decay=0.9)
-    done: list[int] = []
+    cancel = threading.Event()
+
+    def cancel_after_three(report: UNetFinetuneProgress) -> None:
+        if report.step >= 3:
+            cancel.set()
+
     stopped = finetune_unet(
-        tiny_unet(),
-        small_data(),
-        config,
-        progress=lambda r: done.append(r.step),
-        should_stop=lambda: len(done) >= 3,
+        tiny_unet(), small_data(), config, progress=cancel_after_three, cancel=cancel
     )
-    assert stopped.stopped and stopped.steps_done == 3 and len(stopped.history) == 3
-    again = finetune_unet(tiny_unet(), small_data(), config, should_stop=lambda: False)
-    once_more = finetune_unet(
-        tiny_unet(), small_data(), config, progress=None, should_stop=lambda: False
-    )
-    assert again.steps_done == 20
+    assert stopped.status == "cancelled" and stopped.step == 3 and len(stopped.history) == 3
+    again = finetune_unet(tiny_unet(), small_data(), config, cancel=threading.Event())
+    once_more = finetune_unet(tiny_unet(), small_data(), config, progress=None)
+    assert again.step == 20 and again.status == "completed"
     assert again.holdout_loss_after == once_more.holdout_loss_after
     assert again.history[-1].train_loss == once_more.history[-1].train_loss
 

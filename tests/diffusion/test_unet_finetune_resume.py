@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 from core.families.unet.data import load_diffusion_digits
-from core.families.unet.finetune import UNetFinetuneConfig, finetune_unet
+from core.families.unet.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
 from core.families.unet.unet import unet_from_config
 from core.finetune import FinetuneConfigError
 
@@ -28,27 +30,28 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path, ema) -> None:
     config = UNetFinetuneConfig(steps=6, batch_size=8, eval_every=3, ema_decay=ema)
     straight = finetune_unet(unet_from_config(TINY), data, config)
 
-    polls = []
+    cancel = threading.Event()
 
-    def stop_after_three() -> bool:
-        polls.append(1)
-        return len(polls) > 3
+    def stop_after_three(report: UNetFinetuneProgress) -> None:
+        if report.step >= 3:
+            cancel.set()
 
     state = tmp_path / "state.pt"
     first = finetune_unet(
         unet_from_config(TINY),
         data,
         config,
-        should_stop=stop_after_three,
+        progress=stop_after_three,
+        cancel=cancel,
         checkpoint=state,
         checkpoint_every=2,
     )
-    assert first.stopped and first.steps_done == 3 and state.is_file()
+    assert first.status == "cancelled" and first.step == 3 and state.is_file()
     resumed = finetune_unet(unet_from_config(TINY), data, config, checkpoint=state)
-    assert resumed.steps_done == 6 and not resumed.stopped
+    assert resumed.step == 6 and resumed.status == "completed" and resumed.resumed_from == 3
     assert [h.step for h in resumed.history] == list(range(1, 7))
-    for name, value in straight.unet.state_dict().items():
-        assert torch.equal(value, resumed.unet.state_dict()[name]), name
+    for name, value in straight.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[name]), name
     assert resumed.holdout_loss_after == straight.holdout_loss_after
 
 

@@ -7,7 +7,8 @@ them a classifier uses, so generic code never has to ask whether it holds a CNN.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,16 @@ from torch import nn
 
 from core.chain import Chain, trace_chain
 from core.errors import LayerMergeError
-from core.families.base import ModelFamily, TaskInfo, family_model_names, register_family
-from core.models import ModelBundle, build_model
+from core.families.base import (
+    FinetunedWeights,
+    FinetuneReport,
+    FinetuneRun,
+    ModelFamily,
+    TaskInfo,
+    family_model_names,
+    register_family,
+)
+from core.models import ModelBundle, build_model, stated_input_size
 from core.models import list_models as classifier_models
 from core.segments import Segment, find_segments
 from core.solution import Solution
@@ -53,6 +62,9 @@ class ClassifierFamily(ModelFamily):
                 "or give your own architecture as module:function"
             )
         return build_model(model, width=width, weights=weights, input_size=input_size)
+
+    def states_input_size(self, model: str) -> bool:
+        return stated_input_size(model) is not None
 
     def trace(self, bundle: ModelBundle) -> Chain:
         return trace_chain(bundle.model, bundle.input_size)
@@ -119,10 +131,108 @@ class ClassifierFamily(ModelFamily):
     def load_data(self, spec: str, bundle: ModelBundle, traced: Chain, *, seed: int = 0) -> Any:
         from core.data import load_data
 
-        return load_data(spec, input_size=bundle.input_size, seed=seed)
+        splits = load_data(spec, input_size=bundle.input_size, seed=seed)
+        if splits.num_classes != bundle.num_classes:
+            raise LayerMergeError(
+                f"{splits.name} has {splits.num_classes} classes but {bundle.name} predicts "
+                f"{bundle.num_classes}; give weights trained on this dataset"
+            )
+        return splits
 
     def evaluate(self, network: nn.Module, data: Any) -> dict[str, float]:
         from core.finetune import evaluate
 
         result = evaluate(network, data.test)
         return {"accuracy": result.accuracy, "loss": result.loss}
+
+    # ------------------------------------------------------------------ the workflows' parts
+    def trace_model(self, model: nn.Module, *, input_size: int | None = None) -> Chain:
+        if input_size is None:
+            raise LayerMergeError("a classifier is traced at an input size: give input_size")
+        return trace_chain(model, input_size)
+
+    def describe_chain(
+        self, bundle: ModelBundle, traced: Chain, description: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {"model": description["model"], "width": bundle.width, **description}
+
+    def network_summary(self, network: nn.Module, traced: Chain) -> dict[str, int]:
+        from core.families.classifier.workflow import summary
+
+        return summary(network, traced)
+
+    def figures(self) -> dict[str, tuple[str, str]]:
+        return {"accuracy": ("test accuracy", "{:.2f}%"), "loss": ("test loss", "{:.4f}")}
+
+    def export_onnx(self, network: nn.Module, path: Path, traced: Chain) -> Path:
+        from core.onnx_export import export_onnx
+
+        return export_onnx(network, path, traced.input_shape)
+
+    def finetune_state_path(self, out: Path) -> Path:
+        from core.families.classifier.workflow import STATE_NAME
+
+        return out / STATE_NAME
+
+    def finetune_config(self, options: Mapping[str, Any], data: Any) -> Any:
+        from core.families.classifier.workflow import finetune_config
+
+        return finetune_config(options)
+
+    def finetune(
+        self,
+        bundle: ModelBundle,
+        traced: Chain,
+        training: nn.Module,
+        data: Any,
+        config: Any,
+        *,
+        checkpoint: Path | None,
+        metadata: Mapping[str, Any],
+        progress: Callable[[FinetuneReport], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> FinetuneRun:
+        from core.families.classifier.workflow import run_finetune
+
+        return run_finetune(
+            bundle,
+            training,
+            data,
+            config,
+            checkpoint=checkpoint,
+            metadata=metadata,
+            progress=progress,
+            cancel=cancel,
+        )
+
+    def load_finetuned(
+        self,
+        source: str | Path,
+        training: nn.Module,
+        bundle: ModelBundle,
+        traced: Chain,
+        solution: Solution,
+    ) -> FinetunedWeights:
+        from core.families.classifier.workflow import load_finetuned
+
+        return load_finetuned(source, training)
+
+    def speed_baseline(
+        self, bundle: ModelBundle, traced: Chain, baseline: str | None
+    ) -> tuple[nn.Module, str]:
+        if baseline == "module":
+            return bundle.model, "original module"
+        if baseline not in (None, "folded"):
+            raise LayerMergeError(f"unknown baseline {baseline!r}; choose folded or module")
+        from core.benchmark import folded_original
+
+        return folded_original(bundle.model, traced), "original, BN folded"
+
+    def load_compressed(self, source: str | Path, bundle: ModelBundle, traced: Chain) -> nn.Module:
+        network = super().load_compressed(source, bundle, traced)
+        if tuple(network.input_shape) != tuple(traced.input_shape):
+            raise LayerMergeError(
+                f"{source} takes {tuple(network.input_shape)} inputs, the model "
+                f"{tuple(traced.input_shape)}; pass the same --input-size"
+            )
+        return network

@@ -8,7 +8,8 @@ structure beside the tensors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ from torch import nn
 
 from core.chain import Chain
 from core.errors import LayerMergeError
-from core.families.base import ModelFamily, TaskInfo, register_family
+from core.families.base import (
+    FinetunedWeights,
+    FinetuneReport,
+    FinetuneRun,
+    ModelFamily,
+    TaskInfo,
+    register_family,
+)
 from core.families.unet.chain import UNetChain, trace_unet, unet_segments
 from core.families.unet.unet import DEMO_UNET_NAME, DIFFUSERS_FOLDER_PREFIX, UNetBundle, build_unet
 from core.segments import Segment
@@ -153,3 +161,137 @@ class UNetFamily(ModelFamily):
         from core.families.unet.loss import epsilon_loss
 
         return {"eps_loss": epsilon_loss(network, data.holdout)}
+
+    # ------------------------------------------------------------------ the workflows' parts
+    def trace_model(self, model: nn.Module, *, input_size: int | None = None) -> UNetChain:
+        return trace_unet(model)  # a UNet runs at its config's sample_size
+
+    def describe_chain(
+        self, bundle: UNetBundle, traced: UNetChain, description: dict[str, Any]
+    ) -> dict[str, Any]:
+        from core.families.unet.workflow import describe_chain
+
+        return describe_chain(bundle, traced, description)
+
+    def result_fields(self) -> dict[str, Any]:
+        return {"kind": "diffusion"}
+
+    def network_summary(self, network: nn.Module, traced: UNetChain) -> dict[str, int]:
+        from core.families.unet.workflow import summary
+
+        return summary(network, traced)
+
+    def figures(self) -> dict[str, tuple[str, str]]:
+        return {"eps_loss": ("holdout ε-loss", "{:.4f}")}
+
+    def metric_names(self, job: str) -> dict[str, str]:
+        if job == "finetune":
+            return {
+                "original": "{}_original",
+                "surgery": "{}_after_surgery",
+                "finetuned": "{}_after",
+                "merged": "{}_merged",
+            }
+        return {"original": "{}_before", "merged": "{}_after"}
+
+    def export_onnx(self, network: nn.Module, path: Path, traced: UNetChain) -> Path:
+        from core.families.unet.onnx_export import export_unet_onnx
+
+        return export_unet_onnx(network, path, traced.chain.input_shape)
+
+    def finetune_state_path(self, out: Path) -> Path:
+        from core.families.unet.workflow import STATE_NAME
+
+        return out / STATE_NAME
+
+    def finetune_config(self, options: Mapping[str, Any], data: Any) -> Any:
+        from core.families.unet.workflow import finetune_config
+
+        return finetune_config(options, data)
+
+    def finetune(
+        self,
+        bundle: UNetBundle,
+        traced: UNetChain,
+        training: nn.Module,
+        data: Any,
+        config: Any,
+        *,
+        checkpoint: Path | None,
+        metadata: Mapping[str, Any],
+        progress: Callable[[FinetuneReport], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> FinetuneRun:
+        from core.families.unet.workflow import run_finetune
+
+        # the run state has no place for metadata: the finetuned.pt beside it names the model
+        return run_finetune(
+            training, data, config, checkpoint=checkpoint, progress=progress, cancel=cancel
+        )
+
+    def save_finetuned(
+        self,
+        network: nn.Module,
+        bundle: UNetBundle,
+        traced: UNetChain,
+        solution: Solution,
+        out: Path,
+        *,
+        metrics: Mapping[str, Any],
+    ) -> Path:
+        from core.families.unet.workflow import FINETUNED_NAME
+        from core.files import atomic_torch_save
+
+        checkpoint = self.checkpoint(
+            network, bundle, traced, solution, metrics=metrics, merged=False
+        )
+        return atomic_torch_save(checkpoint, out / FINETUNED_NAME)
+
+    def load_finetuned(
+        self,
+        source: str | Path,
+        training: nn.Module,
+        bundle: UNetBundle,
+        traced: UNetChain,
+        solution: Solution,
+    ) -> FinetunedWeights:
+        from core.families.unet.workflow import load_finetuned
+
+        return load_finetuned(source, bundle, traced, solution)
+
+    def speed_baseline(
+        self, bundle: UNetBundle, traced: UNetChain, baseline: str | None
+    ) -> tuple[nn.Module, str]:
+        if baseline == "folded":
+            raise LayerMergeError(
+                "--baseline folded: a diffusion UNet has no BatchNorm to fold; its baseline is "
+                "the module as built"
+            )
+        return bundle.model, "original UNet2DModel (no BatchNorm to fold)"
+
+    def bench_backends(self) -> tuple[str, ...]:
+        return ("torch",)
+
+    def timing_module(self, network: nn.Module) -> nn.Module:
+        from core.families.unet.latency import UNetForward
+
+        return UNetForward(network)
+
+    def load_compressed(
+        self, source: str | Path, bundle: UNetBundle, traced: UNetChain
+    ) -> nn.Module:
+        from core.families.unet.workflow import load_compressed
+
+        return load_compressed(source, bundle)
+
+    def measure_config(self, options: Mapping[str, Any], bundle: UNetBundle) -> Any:
+        from core.families.unet.workflow import measure_config
+
+        return measure_config(options, bundle)
+
+    def measure_extra(
+        self, config: Any, original: nn.Module, compressed: nn.Module, *, threads: int | None
+    ) -> dict[str, Any]:
+        from core.families.unet.workflow import measure_extra
+
+        return measure_extra(config, original, compressed, threads=threads)

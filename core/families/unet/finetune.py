@@ -1,15 +1,18 @@
-"""Finetuning a diffusion UNet on the ε-prediction loss, with progress reports and cancel.
+"""Finetuning a diffusion UNet on the ε-prediction loss: progress reports, resumable run state, cancel.
 
 After surgery a UNet has lost activations and convs; LayerMerge finetunes it with DDPM's own
 recipe (LAYERMERGE.md §5.2: Adam, lr 4e-4, batch 128, EMA 0.9999, 100K steps on CIFAR-10; Adam with
-β₁ = 0.9, eps 1e-8 and no weight decay in §4.2's importance runs). :func:`finetune_unet` is a
-plain function the CLI, importance workers and the app's background thread all call: it never
-prints, reports through a callback, and stops before its next step when ``should_stop()`` turns
-true. The data order and the noise are seeded, so a seeded run is reproducible.
+β₁ = 0.9, eps 1e-8 and no weight decay in §4.2's importance runs). :func:`finetune_unet` is the UNet
+family's loop (``UNetFamily.finetune``, run by the finetune workflow for the CLI and the app alike,
+and by the importance workers): it never prints, reports through a callback, and follows
+``core.finetune``'s conventions: it stops before its next step once a ``threading.Event`` is set,
+and its result's ``status`` is "completed" or "cancelled". The data order and the noise are
+seeded, so a seeded run is reproducible.
 
 Unlike ``core.finetune`` it trains the module it is given, in place (the callers already hold a
-fresh copy, and UNets with replaced blocks need no ``StepNetwork`` wrapper), and writes no
-checkpoints: the runs are minutes, not hours.
+fresh copy, and UNets with replaced blocks need no ``StepNetwork`` wrapper). Given a ``checkpoint``
+file it writes the whole run state there every ``checkpoint_every`` steps and when it stops, and a
+later call with the same file resumes bit for bit, as if it had never stopped.
 
 Example:
     >>> from core.families.unet.data import load_diffusion_digits
@@ -21,10 +24,11 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +39,12 @@ from core.errors import DataError, LayerMergeError, UnsafeCheckpointError
 from core.families.unet.data import DiffusionData
 from core.families.unet.loss import epsilon_loss, make_train_scheduler, training_loss
 from core.files import atomic_torch_save
-from core.finetune import FinetuneConfigError
+from core.finetune import FinetuneConfigError, resolve_device
 from core.safe_load import safe_torch_load
 
 __all__ = [
     "UNetFinetuneConfig",
+    "UNetFinetuneSettings",
     "UNetFinetuneProgress",
     "UNetFinetuneResult",
     "finetune_unet",
@@ -50,6 +55,7 @@ HOLDOUT_SEED = 0  # epsilon_loss's seed for every holdout evaluation: comparable
 _STATS_WINDOW = 20  # steps the reported training loss is averaged over
 RUN_STATE_FORMAT = "layermerge-unet-finetune-state"
 _NOISE_STREAM = 1_000_003  # offsets the noise generator's seed from the data order's
+DEFAULT_CHECKPOINT_EVERY = 50  # steps between run-state checkpoints
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,30 @@ class UNetFinetuneConfig:
 
 
 @dataclass(frozen=True)
+class UNetFinetuneSettings:
+    """A finetune job's settings: the loop's options, and where and how often it saves.
+
+    Only ``config`` must match for a run state to resume (it is stored there); the device and
+    the checkpoint interval do not change the result.
+    """
+
+    config: UNetFinetuneConfig
+    device: str = "cpu"  # resolved: "cpu", "cuda" or "cuda:N"
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+
+    def __post_init__(self) -> None:
+        resolve_device(self.device)  # malformed, or CUDA asked for but absent
+        if not _positive_int(self.checkpoint_every):
+            raise FinetuneConfigError(
+                f"checkpoint_every must be a positive integer (got {self.checkpoint_every!r})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The loop's options, as metrics.json records them."""
+        return asdict(self.config)
+
+
+@dataclass(frozen=True)
 class UNetFinetuneProgress:
     """One report to the progress callback, sent after every optimizer step."""
 
@@ -122,19 +152,52 @@ class UNetFinetuneProgress:
     train_loss: float  # mean per-pixel training MSE over the last few steps
     holdout_loss: float | None  # epsilon_loss on the holdout split, at evaluation steps only
     elapsed_s: float  # seconds since the call started
+    eta_s: float | None = None  # estimated seconds left (not kept in the run state's history)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
+
+    @property
+    def loss(self) -> float:
+        return self.train_loss
+
+    def readout(self) -> str:
+        """The figures a progress bar shows after ``step/total`` (the family-neutral protocol)."""
+        holdout = f" holdout {self.holdout_loss:.3f}" if self.holdout_loss is not None else ""
+        return f"loss {self.train_loss:.4f}{holdout}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class UNetFinetuneResult:
-    """What :func:`finetune_unet` returns."""
+    """What :func:`finetune_unet` returns; the shared fields are those of ``core.finetune``'s."""
 
-    unet: nn.Module  # the module passed in, trained in place, in eval mode
-    steps_done: int
-    stopped: bool  # True when should_stop ended the run early
-    history: list[UNetFinetuneProgress] = field(default_factory=list)  # every report, in order
+    network: nn.Module  # the module passed in, trained in place, in eval mode
+    status: str  # "completed" or "cancelled" (the cancel event ended the run early)
+    step: int  # steps done, over every resume
+    total_steps: int
+    resumed_from: int  # the step this call started from (0 when fresh)
+    loss: float  # the last mean training loss (nan when no step was ever taken)
+    elapsed_s: float
+    device: str
+    checkpoint_path: Path | None
+    history: list[UNetFinetuneProgress]  # every report, in order, over every resume
     holdout_loss_before: float = math.nan
     holdout_loss_after: float = math.nan
-    elapsed_s: float = 0.0
+
+    # The names before the two finetune APIs were unified, kept for pages/_shared/diffusion.py
+    # and core/families/unet/demo.py until they move to the workflows.
+    @property
+    def unet(self) -> nn.Module:
+        return self.network
+
+    @property
+    def steps_done(self) -> int:
+        return self.step
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == "cancelled"
 
 
 def finetune_unet(
@@ -143,9 +206,10 @@ def finetune_unet(
     config: UNetFinetuneConfig | None = None,
     *,
     progress: Callable[[UNetFinetuneProgress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    cancel: threading.Event | None = None,
     checkpoint: str | Path | None = None,
-    checkpoint_every: int = 50,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    should_stop: Callable[[], bool] | None = None,
 ) -> UNetFinetuneResult:
     """Train ``unet`` in place on ``data.train`` with the ε-prediction loss.
 
@@ -156,21 +220,24 @@ def finetune_unet(
             and at the end.
         config: the options; :class:`UNetFinetuneConfig` defaults when None.
         progress: called after every step with a :class:`UNetFinetuneProgress`. An exception it
-            raises stops the run and propagates.
-        should_stop: polled before every step; when it returns True the run ends, with the
-            weights of the steps done so far (EMA weights, if EMA is on).
+            raises stops the run and propagates; the last periodic checkpoint stays.
+        cancel: checked before every step; once set, the run saves its state and ends with
+            status ``"cancelled"`` and the weights of the steps done (EMA weights, if EMA is on).
         checkpoint: a file the whole run state (weights, optimizer, EMA, data order, noise
             generators, history) is written to atomically every ``checkpoint_every`` steps and
             when the run stops. If it exists when the call starts, and was written with the same
             config for the same network, the run resumes from it, bit for bit as if never stopped.
         checkpoint_every: steps between checkpoints.
+        should_stop: the former cancel convention (a callable polled before every step), kept
+            only for pages/_shared/diffusion.py until it moves to the workflows; use ``cancel``.
 
     Returns:
-        The trained UNet (the same module, eval mode), steps done, whether it was stopped, every
-        progress report, and the holdout loss before and after.
+        The trained UNet (the same module, eval mode), how the run ended, every progress report
+        (over every resume), and the holdout loss before and after.
 
     Raises:
-        FinetuneConfigError: ``config`` is not a :class:`UNetFinetuneConfig`.
+        FinetuneConfigError: ``config`` is not a :class:`UNetFinetuneConfig`, or the run state
+            was written with other options or for another network.
         DataError: the train or holdout split is empty.
         LayerMergeError: the UNet has no trainable parameters.
     """
@@ -192,34 +259,40 @@ def finetune_unet(
     optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
     ema = _Ema(unet, config.ema_decay) if config.ema_decay is not None else None
 
+    def cancelled() -> bool:
+        return (cancel is not None and cancel.is_set()) or (
+            should_stop is not None and should_stop()
+        )
+
     started = time.perf_counter()
-    holdout_before = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
     order_generator = torch.Generator().manual_seed(config.seed)
     noise_generator = torch.Generator().manual_seed(config.seed + _NOISE_STREAM)
     order = torch.empty(0, dtype=torch.long)
     window: deque[float] = deque(maxlen=_STATS_WINDOW)
     history: list[UNetFinetuneProgress] = []
-    step, stopped = 0, False
+    step, status = 0, "completed"
     count = len(data.train)
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        if checkpoint.is_file():
-            state = _read_run_state(checkpoint, unet, config)
-            unet.load_state_dict(state["unet"])
-            optimizer.load_state_dict(state["optimizer"])
-            if ema is not None:
-                ema.shadow = dict(state["ema"])
-                ema.updates = int(state["ema_updates"])
-            order_generator.set_state(state["order_generator"])
-            noise_generator.set_state(state["noise_generator"])
-            order = state["order"]
-            step = int(state["step"])
-            window.extend(float(v) for v in state["window"])
-            history = [UNetFinetuneProgress(**h) for h in state["history"]]
-            holdout_before = float(state["holdout_before"])
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.is_file():
+        state = _read_run_state(path, unet, config)
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.shadow = dict(state["ema"])
+            ema.updates = int(state["ema_updates"])
+        order_generator.set_state(state["order_generator"])
+        noise_generator.set_state(state["noise_generator"])
+        order = state["order"]
+        step = int(state["step"])
+        window.extend(float(v) for v in state["window"])
+        history = [UNetFinetuneProgress(**h) for h in state["history"]]
+        holdout_before = float(state["holdout_before"])
+    else:
+        holdout_before = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
+    resumed_from = step
 
     def save_state() -> None:
-        if checkpoint is None:
+        if path is None:
             return
         run_state = {
             "format": RUN_STATE_FORMAT,
@@ -234,15 +307,15 @@ def finetune_unet(
             "order": order,
             "step": step,
             "window": list(window),
-            "history": [asdict(h) for h in history],
+            "history": [_history_entry(h) for h in history],
             "holdout_before": holdout_before,
         }
-        atomic_torch_save(run_state, checkpoint)
+        atomic_torch_save(run_state, path)
 
     unet.train()
     while step < config.steps:
-        if should_stop is not None and should_stop():
-            stopped = True
+        if cancelled():
+            status = "cancelled"
             save_state()
             break
         if len(order) < config.batch_size:  # a fresh epoch, without dropping any image
@@ -265,12 +338,14 @@ def finetune_unet(
         holdout = None
         if step % config.eval_every == 0 or step == config.steps:
             holdout = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
+        elapsed = time.perf_counter() - started
         report = UNetFinetuneProgress(
             step=step,
             steps=config.steps,
             train_loss=sum(window) / len(window),
             holdout_loss=holdout,
-            elapsed_s=time.perf_counter() - started,
+            elapsed_s=elapsed,
+            eta_s=elapsed / (step - resumed_from) * (config.steps - step),
         )
         history.append(report)
         if step % checkpoint_every == 0 or step == config.steps:
@@ -283,14 +358,27 @@ def finetune_unet(
     unet.eval()
     holdout_after = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
     return UNetFinetuneResult(
-        unet=unet,
-        steps_done=step,
-        stopped=stopped,
+        network=unet,
+        status=status,
+        step=step,
+        total_steps=config.steps,
+        resumed_from=resumed_from,
+        loss=history[-1].train_loss if history else math.nan,
+        elapsed_s=time.perf_counter() - started,
+        device=str(device),
+        checkpoint_path=path,
         history=history,
         holdout_loss_before=holdout_before,
         holdout_loss_after=holdout_after,
-        elapsed_s=time.perf_counter() - started,
     )
+
+
+def _history_entry(report: UNetFinetuneProgress) -> dict[str, Any]:
+    """A report as the run state's history keeps it: the estimate of time left belongs to one
+    call, not to the run, so the state keeps the fields it has always had."""
+    entry = asdict(report)
+    del entry["eta_s"]
+    return entry
 
 
 def _read_run_state(path: Path, unet: nn.Module, config: UNetFinetuneConfig) -> dict[str, Any]:

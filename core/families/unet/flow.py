@@ -1,7 +1,10 @@
-"""The LayerMerge flow for a UNet in one call: tables and a budget in, a merged UNet out.
+"""A UNet's training form and merged form of one solution, with the structure that rebuilds them.
 
-The counterpart of ``core.flow.compress`` (which it shares the DP with): trace the UNet, solve the
-DP on its tables, build the training form, merge it. Never touches the UNet it is given.
+The flow itself is written once for every family (``core.flow.compress`` and
+``core.flow.apply_solution``); this module only keeps the UNet-shaped result that the pages'
+finetune job, ``bench/bench_unet.py`` and ``tests/diffusion/test_unet_tables.py`` still use,
+which adds the JSON structure a UNet checkpoint stores. New code calls
+``core.flow.apply_solution``.
 """
 
 from __future__ import annotations
@@ -11,15 +14,12 @@ from typing import Any
 
 from torch import nn
 
-from core.dp import solve
-from core.errors import TableMismatchError
-from core.families.unet.chain import UNetChain, trace_unet
+from core.families.unet.chain import UNetChain
 from core.families.unet.merge import merge_unet
 from core.families.unet.surgery import build_unet_training_network
 from core.solution import Solution
-from core.tables import Tables
 
-__all__ = ["UNetCompression", "compress_unet", "apply_unet_solution"]
+__all__ = ["UNetCompression", "apply_unet_solution"]
 
 
 @dataclass(frozen=True)
@@ -35,31 +35,6 @@ class UNetCompression:
     @property
     def merged_structure(self) -> dict[str, Any]:
         return {**self.structure, "merged": True}
-
-
-def compress_unet(
-    unet: nn.Module,
-    tables: Tables,
-    *,
-    budget_ms: float | None = None,
-    budget_fraction: float | None = None,
-    method: str = "layermerge",
-) -> UNetCompression:
-    """Solve the DP on ``tables`` for the budget and apply the answer to ``unet``.
-
-    Raises:
-        TableMismatchError: the tables were made for another UNet structure.
-        InfeasibleBudgetError: no solution of ``method`` fits the budget.
-    """
-    uchain = trace_unet(unet)
-    digest = tables.meta.get("chain_digest")
-    if digest and digest != uchain.digest():
-        raise TableMismatchError(
-            f"these tables were measured for another UNet (chain {digest}, this one "
-            f"{uchain.digest()})"
-        )
-    solution = solve(tables, budget_ms=budget_ms, budget_fraction=budget_fraction, method=method)
-    return apply_unet_solution(unet, uchain, solution)
 
 
 def apply_unet_solution(unet: nn.Module, uchain: UNetChain, solution: Solution) -> UNetCompression:

@@ -1,0 +1,108 @@
+"""The compress workflow: a solution (and finetuned weights) merged into a compressed checkpoint.
+
+The training form of the solution is built from the model (``ModelFamily.training_form``), or
+read back from a finetune run (``ModelFamily.load_finetuned``), merged into one conv per segment,
+checked against the training form, optionally scored on the task before and after, and written as
+the family's compressed checkpoint (plus ONNX). What this does is the same for every family.
+
+Example:
+    >>> model = load_model("digits_resnet")  # doctest: +SKIP
+    >>> done = compress(model, load_solution(model, "solution.json"), out="c.pt")  # doctest: +SKIP
+    >>> done.metrics["merge_max_relative_error"] < 1e-4  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from core.families import FinetunedWeights
+from core.files import atomic_torch_save, jsonable
+from core.solution import Solution
+from core.workflows.evaluate import stage_metrics
+from core.workflows.model import LoadedModel
+from core.workflows.outputs import written
+
+__all__ = ["Compression", "compress"]
+
+
+@dataclass(frozen=True)
+class Compression:
+    """What :func:`compress` made: both networks, their figures and the files written."""
+
+    solution: Solution
+    training: nn.Module  # the training form (finetuned weights when given), eval mode
+    merged: nn.Module  # the deployable network, eval mode
+    merge_error: float  # largest relative difference of the two on a seeded input
+    metrics: dict[str, Any]  # JSON-able: what the checkpoint records, and the merged network's
+    checkpoint: Path | None  # the compressed checkpoint written, if any
+    onnx: Path | None
+    finetuned: FinetunedWeights | None  # where the training form's weights came from
+
+
+def compress(
+    model: LoadedModel,
+    solution: Solution,
+    *,
+    out: str | Path | None = None,
+    finetuned: str | Path | None = None,
+    data: Any = None,
+    onnx: str | Path | None = None,
+) -> Compression:
+    """Merge ``solution`` into ``model``'s deployable network and write its checkpoint.
+
+    Args:
+        model: the original model (only read).
+        solution: the kept activations and convs, valid for ``model.chain``.
+        out: the compressed checkpoint to write (atomically); None writes nothing.
+        finetuned: a finetune output folder or its training-form file: merge those weights.
+        data: the family's data (``core.workflows.model.load_data``): score the original and the
+            merged network on the task, under ``metric_names("compress")``.
+        onnx: also export the merged network to ONNX here (checked against ONNX Runtime).
+
+    Raises:
+        InvalidSolutionError: the solution does not fit the model.
+        UnsafeCheckpointError: the finetuned weights are unreadable or unsafe.
+        LayerMergeError: finetuned weights of another model or solution; a file not writable.
+    """
+    family, bundle, traced = model.family, model.bundle, model.traced
+    training = family.training_form(bundle.model, traced, solution)
+    weights = None
+    if finetuned is not None:
+        weights = family.load_finetuned(finetuned, training, bundle, traced, solution)
+        training = weights.network
+    merged = family.merge(training, traced, solution)
+    error = family.merge_error(training, merged, traced)
+    metrics: dict[str, Any] = {
+        "original": family.network_summary(bundle.model, traced),
+        "predicted_latency_ms": solution.latency_ms,
+        "merge_max_relative_error": error,
+        **(weights.metrics if weights is not None else {}),
+    }
+    if data is not None:
+        metrics["data"] = data.name
+        metrics.update(stage_metrics(family, "compress", "original", bundle.model, data))
+        metrics.update(stage_metrics(family, "compress", "merged", merged, data))
+    metrics["compressed"] = family.network_summary(merged, traced)
+    metrics = jsonable(metrics, what="metrics")
+    path = None
+    if out is not None:
+        checkpoint = family.checkpoint(merged, bundle, traced, solution, metrics=metrics)
+        path = written(lambda: atomic_torch_save(checkpoint, out), out)
+    onnx_path = None
+    if onnx is not None:
+        onnx_path = written(lambda: family.export_onnx(merged, Path(onnx), traced), onnx)
+    return Compression(
+        solution=solution,
+        training=training.eval(),
+        merged=merged,
+        merge_error=error,
+        metrics=metrics,
+        checkpoint=path,
+        onnx=onnx_path,
+        finetuned=weights,
+    )

@@ -1,0 +1,218 @@
+"""The finetune workflow: training form -> finetune loop -> merge -> evaluate, resumable.
+
+One job for every family: the family builds the training form of the solution, runs its own
+finetune loop (``ModelFamily.finetune``: a classifier's SGD on cross-entropy, a UNet's Adam on the
+ε-loss with EMA), and says where its figures go; this module does the rest the same way for all.
+Into the output folder it writes:
+
+- the loop's run state (``ModelFamily.finetune_state_path``), every few steps: running the job
+  again with the same settings resumes from it, bit for bit;
+- the finetuned training form (``ModelFamily.save_finetuned``), which ``compress --finetuned``
+  merges;
+- once the loop completes, ``compressed.pt`` (the merged network, the compressed-checkpoint
+  format), ``compressed.onnx`` when asked;
+- ``metrics.json``: :meth:`FinetuneOutcome.summary`, also what ``finetune --json`` prints.
+
+A set ``cancel`` event stops the loop cleanly before its next step (state saved, status
+``"cancelled"``); nothing is merged then, and the same call later resumes.
+
+Example:
+    >>> model = load_model("digits_resnet")  # doctest: +SKIP
+    >>> data = load_data(model, "digits")  # doctest: +SKIP
+    >>> config = model.family.finetune_config({"steps": 100}, data)  # doctest: +SKIP
+    >>> done = finetune(model, solution, data, config, out="runs/ft")  # doctest: +SKIP
+    >>> done.status, done.metrics["accuracy_after"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from core.families import FinetuneReport
+from core.files import atomic_torch_save, jsonable
+from core.solution import Solution
+from core.workflows.evaluate import stage_metrics
+from core.workflows.model import LoadedModel
+from core.workflows.outputs import output_dir, written
+
+__all__ = ["COMPRESSED_NAME", "ONNX_NAME", "METRICS_NAME", "FinetuneOutcome", "finetune"]
+
+COMPRESSED_NAME = "compressed.pt"
+ONNX_NAME = "compressed.onnx"
+METRICS_NAME = "metrics.json"
+
+
+@dataclass(frozen=True)
+class FinetuneOutcome:
+    """How a finetune job ended, with its networks, figures and files."""
+
+    model: str  # the model's name
+    weights: str  # where its weights came from, for people
+    solution: Solution
+    solution_source: str | None  # where the solution was read from (recorded in the summary)
+    status: str  # "completed" or "cancelled"
+    step: int  # steps done, over every resume
+    total_steps: int
+    resumed_from: int | None  # the step this run resumed from; None for a fresh run
+    device: str
+    train_seconds: float  # this call's training time
+    train_loss: float | None  # the last mean training loss
+    train_figures: Mapping[str, float | None]  # the family's other training figures, by key
+    config: dict[str, Any]  # the family's finetune settings, as recorded
+    metrics: dict[str, Any]  # JSON-able: every figure, as metrics.json holds them
+    state: Path  # the resumable run state
+    finetuned: Path  # the finetuned training form (compress --finetuned)
+    compressed: Path | None  # the compressed checkpoint, once completed
+    onnx: Path | None
+    network: nn.Module  # the finetuned training form (CPU, eval mode)
+    merged: nn.Module | None  # the merged network, once completed
+    fields: Mapping[str, Any]  # what the family adds to every summary (ModelFamily.result_fields)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able summary: ``metrics.json`` and what ``finetune --json`` prints."""
+        return {
+            **self.fields,
+            "model": self.model,
+            "weights": self.weights,
+            "solution": self.solution_source,
+            "method": self.solution.method,
+            "status": self.status,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "resumed_from": self.resumed_from,
+            "device": self.device,
+            "train_seconds": round(self.train_seconds, 2),
+            "train_loss": self.train_loss,
+            **self.train_figures,
+            "finetuned": str(self.finetuned),
+            "checkpoint": str(self.finetuned),
+            "config": self.config,
+            "compressed": str(self.compressed) if self.compressed else None,
+            "onnx": str(self.onnx) if self.onnx else None,
+            "metrics": self.metrics,
+        }
+
+
+def finetune(
+    model: LoadedModel,
+    solution: Solution,
+    data: Any,
+    config: Any,
+    *,
+    out: str | Path,
+    solution_source: str | Path | None = None,
+    restart: bool = False,
+    onnx: bool = False,
+    progress: Callable[[FinetuneReport], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> FinetuneOutcome:
+    """Finetune the training form of ``solution``, then merge, score and save it, in ``out``.
+
+    Args:
+        model: the original model (only read; the training form is a new module).
+        solution: the kept activations and convs, valid for ``model.chain``.
+        data: the family's data (``core.workflows.model.load_data``).
+        config: the family's finetune settings (``model.family.finetune_config``).
+        out: the output folder (created); a run state already there is resumed.
+        solution_source: where the solution came from, recorded in the summary.
+        restart: delete the run state first, so the run starts afresh.
+        onnx: also export the merged network to ``out/compressed.onnx``.
+        progress: called after every step with the family's report (``step``, ``total_steps``,
+            ``eta_s``, ``readout()``); an exception it raises stops the run.
+        cancel: once set, the loop stops before its next step with its state saved.
+
+    Raises:
+        LayerMergeError: settings or a run state of other options, a file not writable, ...
+    """
+    family, bundle, traced = model.family, model.bundle, model.traced
+    folder = output_dir(out)
+    state = family.finetune_state_path(folder)
+    if restart:
+        state.unlink(missing_ok=True)
+    resuming = state.is_file()
+    training = family.training_form(bundle.model, traced, solution)
+
+    def figures(stage: str, network: nn.Module) -> dict[str, float]:
+        return stage_metrics(family, "finetune", stage, network, data)
+
+    metrics: dict[str, Any] = {
+        "data": data.name,
+        **figures("original", bundle.model),
+        **figures("surgery", training),
+    }
+    run = family.finetune(
+        bundle,
+        traced,
+        training,
+        data,
+        config,
+        checkpoint=state,
+        metadata={"solution": solution.to_dict(), "metrics": dict(metrics)},
+        progress=progress,
+        cancel=cancel,
+    )
+    metrics.update(figures("finetuned", run.network))
+    metrics.update(
+        finetune_steps=run.step,
+        finetune_total_steps=run.total_steps,
+        finetune_status=run.status,
+        finetune_resumed=resuming,
+        finetune_state=str(state),
+        predicted_latency_ms=solution.latency_ms,
+    )
+    finetuned = written(
+        lambda: family.save_finetuned(
+            run.network, bundle, traced, solution, folder, metrics=jsonable(metrics)
+        ),
+        folder,
+    )
+    merged = compressed = onnx_path = None
+    if run.status == "completed":
+        merged = family.merge(run.network, traced, solution)
+        metrics["merge_max_relative_error"] = family.merge_error(run.network, merged, traced)
+        metrics.update(figures("merged", merged))
+        metrics["original"] = family.network_summary(bundle.model, traced)
+        metrics["compressed"] = family.network_summary(merged, traced)
+        checkpoint = family.checkpoint(merged, bundle, traced, solution, metrics=jsonable(metrics))
+        target = folder / COMPRESSED_NAME
+        compressed = written(lambda: atomic_torch_save(checkpoint, target), target)
+        if onnx:
+            target_onnx = folder / ONNX_NAME
+            onnx_path = written(
+                lambda: family.export_onnx(merged, target_onnx, traced), target_onnx
+            )
+    outcome = FinetuneOutcome(
+        model=bundle.name,
+        weights=bundle.weights_note,
+        solution=solution,
+        solution_source=None if solution_source is None else str(solution_source),
+        status=run.status,
+        step=run.step,
+        total_steps=run.total_steps,
+        resumed_from=run.resumed_from if resuming else None,
+        device=run.device,
+        train_seconds=run.elapsed_s,
+        train_loss=run.loss if math.isfinite(run.loss) else None,
+        train_figures=dict(run.figures),
+        config=config.to_dict(),
+        metrics=jsonable(metrics, what="metrics"),
+        state=state,
+        finetuned=finetuned,
+        compressed=compressed,
+        onnx=onnx_path,
+        network=run.network,
+        merged=merged,
+        fields=family.result_fields(),
+    )
+    target = folder / METRICS_NAME
+    text = json.dumps(outcome.summary(), indent=2, default=str)
+    written(lambda: target.write_text(text), target)
+    return outcome

@@ -1,0 +1,144 @@
+"""The measure workflow: the original and the compressed network timed side by side.
+
+What ``bench`` does, for every family: the family names the fair baseline (a classifier's
+original with BN folded, as the paper measures; a UNet's module as built), wraps both networks so
+the benchmark can time them (``ModelFamily.timing_module``: a UNet runs one denoising step), and
+adds what it measures beyond one forward pass (a UNet's DDIM sampling time and digits FD). The
+timing protocol is :mod:`core.benchmark`'s: both networks in one process, alternating rounds,
+medians and their ratio, beside the latency table's prediction when its meta.json is given.
+
+Example:
+    >>> model = load_model("digits_mobilenet")  # doctest: +SKIP
+    >>> done = measure(model, load_solution(model, "solution.json"), rounds=5)  # doctest: +SKIP
+    >>> done.comparisons[0].speedup  # doctest: +SKIP
+    1.4
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from core.benchmark import DEFAULT_ROUNDS, Comparison, compare, predicted_from_meta
+from core.errors import TableMismatchError
+from core.solution import Solution
+from core.workflows.model import LoadedModel
+
+__all__ = ["Measurement", "measure"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Original vs compressed, measured in one run."""
+
+    status: str  # "completed", or "cancelled" (the comparisons done so far)
+    baseline: str  # which original the speed-up is against, for people
+    input_shape: tuple[int, ...]  # one input, without the batch
+    original: dict[str, int]  # the baseline's params, conv layers and main-path depth
+    compressed: dict[str, int]
+    comparisons: tuple[Comparison, ...]  # one per backend, in the order timed
+    predicted: dict[str, Any] | None  # the table's prediction (core.benchmark.predicted_from_meta)
+    extra: dict[str, Any]  # the family's other measurements (ModelFamily.measure_extra)
+    compressed_network: nn.Module
+
+
+def measure(
+    model: LoadedModel,
+    solution: Solution,
+    *,
+    compressed: nn.Module | str | Path | None = None,
+    baseline: str | None = None,
+    backends: Sequence[str] | None = None,
+    batch: int = 1,
+    rounds: int = DEFAULT_ROUNDS,
+    threads: int | None = None,
+    tables_meta: Mapping[str, Any] | None = None,
+    extra: Any = None,
+    progress: Callable[[int, int, float | None], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> Measurement:
+    """Time ``model`` against its network compressed by ``solution``, side by side.
+
+    Args:
+        model: the original model (only read).
+        solution: the solution the compressed network was made for.
+        compressed: the compressed network, or a compressed checkpoint file of this model; by
+            default ``solution`` merged afresh.
+        baseline: the family's baseline choice (a classifier: ``folded`` or ``module``).
+        backends: ``torch`` and/or ``onnxruntime``; by default the family's.
+        batch: inputs per forward pass.
+        rounds: timed rounds per network and backend.
+        threads: intra-op threads; the current setting when None.
+        tables_meta: the meta.json of the tables the solution came from: adds their prediction.
+        extra: the family's extra measurement settings (``ModelFamily.measure_config``); None
+            measures nothing beyond the speed table.
+        progress: called ``(done, total, None)`` after each backend and the extras.
+        cancel: once set, no further backend or extra starts; the result says "cancelled".
+
+    Raises:
+        TableMismatchError: ``tables_meta`` belongs to another network.
+        LayerMergeError: a checkpoint of another model, an unknown backend or baseline, or a
+            count below 1.
+    """
+    family, bundle, traced = model.family, model.bundle, model.traced
+    predicted = None
+    if tables_meta is not None:
+        recorded = tables_meta.get("chain_digest")
+        if recorded not in (None, traced.digest()):
+            raise TableMismatchError(
+                f"the tables hold another network (chain digest {recorded}, this model "
+                f"{traced.digest()})"
+            )
+        predicted = predicted_from_meta(tables_meta, solution)
+    if compressed is None:
+        training = family.training_form(bundle.model, traced, solution)
+        network = family.merge(training, traced, solution)
+    elif isinstance(compressed, nn.Module):
+        network = compressed
+    else:
+        network = family.load_compressed(compressed, bundle, traced)
+    original, label = family.speed_baseline(bundle, traced, baseline)
+    backends = tuple(backends or family.bench_backends())
+    total = len(backends) + (extra is not None)
+    input_shape = tuple(model.chain.input_shape)
+    comparisons: list[Comparison] = []
+    status = "completed"
+    for backend in backends:
+        if cancel is not None and cancel.is_set():
+            status = "cancelled"
+            break
+        comparisons += compare(
+            family.timing_module(original),
+            family.timing_module(network),
+            input_shape=input_shape,
+            batch=batch,
+            backends=(backend,),
+            rounds=rounds,
+            threads=threads,
+        )
+        if progress is not None:
+            progress(len(comparisons), total, None)
+    extras: dict[str, Any] = {}
+    if extra is not None and status == "completed":
+        if cancel is not None and cancel.is_set():
+            status = "cancelled"
+        else:
+            extras = family.measure_extra(extra, original, network, threads=threads)
+            if progress is not None:
+                progress(total, total, None)
+    return Measurement(
+        status=status,
+        baseline=label,
+        input_shape=input_shape,
+        original=family.network_summary(original, traced),
+        compressed=family.network_summary(network, traced),
+        comparisons=tuple(comparisons),
+        predicted=predicted,
+        extra=extras,
+        compressed_network=network,
+    )
