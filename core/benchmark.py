@@ -21,7 +21,7 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from core.export import export_onnx
 from core.merge import merge_model
 from core.network import StepNetwork
 from core.segments import keep_everything_solution
+from core.threads import torch_threads
 
 __all__ = [
     "BACKENDS",
@@ -116,7 +117,7 @@ def measure_side_by_side(
     shape = _check_arguments(input_shape, batch, backend, rounds, threads)
     thread_count = threads or torch.get_num_threads()
     example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
-    with _torch_threads(thread_count), contextlib.ExitStack() as stack:
+    with torch_threads(thread_count), contextlib.ExitStack() as stack:
         if backend == "torch":
             run_original = _torch_runner(original, example)
             run_compressed = _torch_runner(compressed, example)
@@ -310,15 +311,3 @@ def _iqr(values: Sequence[float]) -> float:
         return 0.0
     low, _, high = statistics.quantiles(values, n=4)
     return high - low
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if threads != previous:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)

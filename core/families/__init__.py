@@ -10,6 +10,7 @@ from __future__ import annotations
 from core.families import classifier, unet  # noqa: F401  (registration side effects)
 from core.families.base import (
     ModelFamily,
+    TableNotes,
     TaskInfo,
     family_for,
     family_for_checkpoint,
@@ -24,6 +25,7 @@ from core.families.base import (
 __all__ = [
     "ModelFamily",
     "TaskInfo",
+    "TableNotes",
     "register_family",
     "unregister_family",
     "family_for",

@@ -23,6 +23,7 @@ from core.families.unet.unet import (
     unet_from_config,
     unet_state_digest,
 )
+from core.importance import estimate_importance
 from core.latency import LatencyConfig
 from core.tables import TableEntry, read_tables
 
@@ -63,8 +64,9 @@ def test_every_entry_is_in_both_tables(unet_tables) -> None:
     assert all(e.latency_ms == 0.0 for e in identity)
     assert all(e.latency_ms > 0 for e in tables.entries if not e.is_removal)
     assert all(math.isfinite(e.importance) and e.importance > 0 for e in tables.entries)
-    assert tables.meta["kind"] == "diffusion"
-    assert tables.meta["importance_kind"] == "epsilon_loss"
+    assert tables.meta["family"] == "unet"
+    assert tables.meta["importance_mode"] == "finetune"
+    assert tables.meta["importance_normalization"] == "loss"
     assert tables.meta["original_table_latency_ms"] > 0
     assert tables.meta["network_latency_ms"] > 0
 
@@ -134,18 +136,23 @@ def test_a_killed_importance_run_resumes_and_gives_the_same_table(tmp_path) -> N
     config = UNetImportanceConfig(steps=1, holdout_images=16)
     calls = []
 
-    def stop_after_three(done: int, total: int, eta: float | None) -> None:
+    def stop_after_two_runs(done: int, total: int, eta: float | None) -> None:
         calls.append(done)
-        if done == 3:
+        if len(calls) == 3:  # the call at the start, then one per finished run
             raise KeyboardInterrupt  # what Ctrl-C or a killed worker looks like to the caller
 
     with pytest.raises(KeyboardInterrupt):
-        estimate_unet_importance(
-            bundle, uchain, data, config, out=tmp_path, progress=stop_after_three
+        estimate_importance(
+            bundle, uchain, data, config, out=tmp_path, progress=stop_after_two_runs
         )
     assert not (tmp_path / "importance.csv").exists()
-    resumed, meta = estimate_unet_importance(bundle, uchain, data, config, out=tmp_path)
-    assert meta["importance_resumed_runs"] == 3
+    resumed = estimate_importance(bundle, uchain, data, config, out=tmp_path)
+    assert resumed.cached == calls[-1] > 0 and resumed.computed == len(resumed.entries) - calls[-1]
+    assert resumed.networks_trained == resumed.meta["importance_networks"] - 2
     assert not (tmp_path / ".partial").exists()  # removed once the table is written
-    fresh, _ = estimate_unet_importance(bundle, uchain, data, config)
-    assert [(e.key, e.importance) for e in resumed] == [(e.key, e.importance) for e in fresh]
+    fresh = estimate_importance(bundle, uchain, data, config)
+    assert [(e.key, e.importance) for e in resumed.entries] == [
+        (e.key, e.importance) for e in fresh.entries
+    ]
+    again = estimate_importance(bundle, uchain, data, config, out=tmp_path)
+    assert (again.computed, again.networks_trained) == (0, 0)  # read back, nothing run
