@@ -184,7 +184,7 @@ def update_meta(
     # the step's own CSV may already be written: only an existing meta.json is checked
     exists = (directory / "meta.json").exists()
     meta = check_table_directory(directory, chain_digest) if exists else {}
-    fields = dict(fields)
+    fields = {**fields, "chain_digest": chain_digest}  # what later steps check against
     if owner == "latency" and "importance_key" in meta:
         fields.pop("weights_digest", None)
     meta.update(fields)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from core.__main__ import main
 from core.dp import frontier, restricted_tables, solve
 from core.families.unet.chain import trace_unet, unet_segments
 from core.families.unet.data import load_diffusion_digits
@@ -25,7 +26,7 @@ from core.families.unet.unet import (
 )
 from core.importance import estimate_importance
 from core.latency import LatencyConfig
-from core.tables import TableEntry, read_tables
+from core.tables import TableEntry, read_importance_csv, read_meta, read_tables
 
 FAST = LatencyConfig(batch=2, min_run_time=0.01, warmup_runs=0, threads=1)
 
@@ -156,3 +157,39 @@ def test_a_killed_importance_run_resumes_and_gives_the_same_table(tmp_path) -> N
     ]
     again = estimate_importance(bundle, uchain, data, config, out=tmp_path)
     assert (again.computed, again.networks_trained) == (0, 0)  # read back, nothing run
+
+
+@pytest.mark.slow
+def test_unet_importance_on_a_dask_cluster_equals_the_one_in_this_process(tmp_path, capsys) -> None:
+    distributed = pytest.importorskip("distributed")
+    args = ["importance", "digits_unet", "--data", "digits", "--steps", "1", "--eval-images", "16"]
+    args += ["--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "here")]) == 0
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert main([*args, "--out", str(tmp_path / "there"), "--cluster", address]) == 0
+    capsys.readouterr()
+    here = read_importance_csv(tmp_path / "here" / "importance.csv")
+    there = read_importance_csv(tmp_path / "there" / "importance.csv")
+    assert [(e.key, e.importance, e.delta_loss) for e in there] == [
+        (e.key, e.importance, e.delta_loss) for e in here
+    ]
+    meta = read_meta(tmp_path / "there")
+    assert meta["importance_runner"] == f"dask:{address}" and meta["family"] == "unet"
+    assert meta["importance_settings"]["steps"] == 1
+
+
+def test_unet_options_that_do_not_apply_are_refused_in_one_line(tmp_path, capsys) -> None:
+    base = ["importance", "digits_unet", "--data", "digits", "--out", str(tmp_path)]
+    for extra, message in (
+        (["--mode", "distortion"], "--mode distortion is not supported"),
+        (["--reinit-single"], "--reinit-single is not supported"),
+        (["--calibration-images", "16"], "--calibration-images is not supported"),
+        (["--normalization", "acc"], "--normalization acc is not supported"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "importance.csv").exists()
