@@ -60,3 +60,18 @@ def test_shipped_tables_are_current_and_share_one_set_of_meta_keys(entry, tmp_pa
     reference = set(read_meta(MANIFEST_PATH.parent / "digits_resnet")) - FAMILY_EXTRAS
     assert keys == reference and not keys & LEGACY_KEYS
     assert read_meta(copy) == read_meta(shipped)  # read back, nothing rewritten
+
+
+@pytest.mark.parametrize(
+    "model, settings",
+    [
+        ("digits_resnet", {"mode": "distortion", "calibration_images": 16}),
+        ("digits_unet", {"steps": 0, "eval_images": 16}),
+    ],
+)
+def test_fresh_tables_of_every_family_have_the_shipped_meta_keys(model, settings, tmp_path):
+    tables.profile(model, out=tmp_path, config=FAST)
+    result = tables.importance(model, data="digits", out=tmp_path, settings=settings)
+    assert result.complete and result.meta["importance_entries"] == len(result.entries)
+    shipped = set(read_meta(MANIFEST_PATH.parent / "digits_resnet")) - FAMILY_EXTRAS
+    assert set(read_meta(tmp_path)) - FAMILY_EXTRAS == shipped
