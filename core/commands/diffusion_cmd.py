@@ -3,7 +3,8 @@
 ``profile`` and ``importance`` no longer come here: they run every family through
 :mod:`core.workflows.tables`. The other command modules hand a UNet here; the arguments are the
 command's own (DESIGN.md, "Contracts"), and an option that has no meaning for a UNet (the
-classifier's SGD settings, ...) is refused in one line rather than ignored. The results carry ``"kind": "diffusion"``, which is how each module's ``format_text`` tells them apart.
+classifier's SGD settings, ...) is refused in one line rather than ignored. The results carry
+``"kind": "diffusion"``, which is how each module's ``format_text`` tells them apart.
 
 What differs from the classification path:
 
