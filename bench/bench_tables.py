@@ -28,8 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.chain import trace_chain  # noqa: E402
+from core.files import library_versions  # noqa: E402
 from core.importance import ImportanceConfig, estimate_importance  # noqa: E402
-from core.latency import LatencyConfig, cpu_model, library_versions, measure_latency  # noqa: E402
+from core.latency import LatencyConfig, cpu_model, measure_latency  # noqa: E402
 from core.models import build_model  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/bench_tables.py"

@@ -21,7 +21,7 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from core.network import StepNetwork
 from core.onnx_export import export_onnx
 from core.segments import keep_everything_solution
 from core.solution import Solution
+from core.threads import torch_threads
 
 __all__ = [
     "BACKENDS",
@@ -120,7 +121,7 @@ def measure_side_by_side(
     shape = _check_arguments(input_shape, batch, backend, rounds, threads)
     thread_count = threads or torch.get_num_threads()
     example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
-    with _torch_threads(thread_count), contextlib.ExitStack() as stack:
+    with torch_threads(thread_count), contextlib.ExitStack() as stack:
         if backend == "torch":
             run_original = _torch_runner(original, example)
             run_compressed = _torch_runner(compressed, example)
@@ -356,15 +357,3 @@ def _iqr(values: Sequence[float]) -> float:
         return 0.0
     low, _, high = statistics.quantiles(values, n=4)
     return high - low
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if threads != previous:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)

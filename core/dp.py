@@ -320,13 +320,13 @@ def objective_scale(tables: Tables) -> ObjectiveScale:
 
     The metric is the ε-loss when meta.json says the importance is ``epsilon_loss`` (a diffusion
     UNet) or no entry records a Δacc; else accuracy. The original value is meta.json's
-    ``importance_base_accuracy`` or ``base_loss``, the unmodified network's measurement.
+    ``importance_base_accuracy`` or ``importance_base_loss``, the unmodified network's measurement.
     """
     meta = tables.meta
     has_acc = any(math.isfinite(e.delta_acc) for e in tables.entries)
     has_loss = any(math.isfinite(e.delta_loss) for e in tables.entries)
-    if meta.get("importance_kind") == "epsilon_loss" or (has_loss and not has_acc):
-        metric, original_key = "epsilon_loss", "base_loss"
+    if has_loss and not has_acc:
+        metric, original_key = "epsilon_loss", "importance_base_loss"
     elif has_acc:
         metric, original_key = "accuracy", "importance_base_accuracy"
     else:

@@ -3,7 +3,7 @@
 Checkpoints, tables and run states are all written through :func:`atomic_torch_save` (readers
 never see half a file) and read through :func:`read_untrusted_checkpoint` (``weights_only=True``:
 nothing is unpickled). :func:`library_versions` is the one record of what wrote a file, used by
-checkpoints and tables alike.
+checkpoints and tables alike (meta.json's ``versions``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def read_untrusted_checkpoint(source: str | Path | bytes) -> tuple[Any, str]:
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries that shape a checkpoint or a measurement."""
     versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
-    for module in ("numpy", "onnx", "onnxruntime"):
+    for module in ("numpy", "torchvision", "onnx", "onnxruntime"):
         with contextlib.suppress(ImportError):
             versions[module] = str(__import__(module).__version__)
     versions["layermerge_studio"] = "0.1.0"

@@ -1,19 +1,22 @@
-"""The importance look-up table: how much accuracy each (segment, kernel option) costs (LAYERMERGE.md §4).
+"""The importance look-up table: how much each (segment, kernel option) costs (LAYERMERGE.md §4).
 
 For every entry (i, j, option) we build the network that differs from the original in that one
 segment only: the segment collapsed with the option's kept convs and no activation inside it,
 every other conv its own length-1 segment, every boundary keeping its activation
-(:func:`entry_solution`, then :func:`core.surgery.build_training_network`). Then, per §4.1:
+(:func:`entry_solution`, then the family's training form). What happens next is the family's
+:class:`ImportanceEstimator` (STYLE.md convention 6: a callable behind a small base):
 
-1. finetune it briefly on the ``finetune`` split (SGD, Nesterov momentum, cosine decay to 0 within
-   the run; steps, lr and batch in :class:`ImportanceConfig`, defaults scaled to the dataset);
-2. evaluate it on the ``holdout`` split, which is disjoint from the finetune split;
-3. store Δacc (percentage points) and Δloss against the unmodified network evaluated the same way;
-4. normalise: ``importance = exp(Δacc / 100)`` by default; ``"loss"`` gives ``exp(-Δloss / loss₀)``
-   (the paper's DDPM rule), for loss-driven tasks.
+- classifiers (:class:`FinetuneEstimator`, §4.1): finetune it briefly on the ``finetune`` split
+  (SGD, Nesterov momentum, cosine decay to 0 within the run; steps, lr and batch in
+  :class:`ImportanceConfig`, defaults scaled to the dataset), evaluate it on the disjoint
+  ``holdout`` split, and store Δacc (percentage points) and Δloss against the unmodified network
+  evaluated the same way; ``importance = exp(Δacc / 100)`` by default, ``"loss"`` gives
+  ``exp(-Δloss / loss₀)`` (the paper's DDPM rule), for loss-driven tasks;
+- diffusion UNets (``core.families.unet.importance``): the ε-prediction loss of a briefly
+  finetuned UNet, measured against the original finetuned alike (its ``reference_job``).
 
-Removal entries (kernel 0: one reducible conv dropped, from
-``find_segments(include_removals=True)``) are scored the same way; the layer-only baseline needs
+Removal entries (kernel 0: one reducible conv dropped) are scored the same way where the family
+lists them (:meth:`~core.families.base.ModelFamily.scored_segments`); the layer-only baseline needs
 them.
 
 **The "re-init single-layer entries" convention.** The original code re-initialises the conv and
@@ -32,14 +35,14 @@ a fixed calibration batch of holdout images are compared with the original's, an
 ``importance = exp(-relative MSE)`` (``"distortion"``) or ``exp(-KL)`` (``"kl"``). Δacc and Δloss are
 then those of the unfinetuned network on the calibration batch.
 
-**Execution.** Entries run through joblib: ``jobs`` local processes (loky), or a dask.distributed
-cluster through joblib's dask backend. Workers rebuild the model from its recipe (registry name,
-width, input size, weights file or bytes) and the data from its spec, once per process, and check
-the weights, chain and data digests; each entry is seeded from its key, so every backend gives the
-same numbers (bitwise at the same thread count). Each finished entry is written at once
-(atomically) to a partial store in the output directory: a killed run resumes where it stopped,
-and an identical rerun (same chain, weights, data and settings digests, recorded in meta.json) reads
-the finished table and computes nothing.
+**Execution.** Entries run through the entry runner (:mod:`core.runner`): in this process, in
+``jobs`` local processes (loky), or on a dask.distributed cluster, for every family. Workers rebuild
+the model from the family's recipe (registry name, weights file or bytes) and the data from its
+spec, once per process, and check the weights and data digests; each job is seeded from its id,
+so every runner gives the same numbers (bitwise at the same thread count). Each finished job is
+written at once to a partial store in the output directory: a killed run resumes where it stopped,
+and an identical rerun (same chain, weights, data and settings digests, recorded in meta.json)
+reads the finished table and computes nothing (:mod:`core.table_store`).
 
 Example:
     >>> bundle = build_model("digits_resnet")
@@ -53,10 +56,8 @@ import abc
 import datetime
 import hashlib
 import io
-import json
 import math
-import os
-import tempfile
+import threading
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -68,39 +69,37 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
-from core.chain import Chain, trace_chain
-from core.data import DataSplits, load_data
+from core.chain import Chain
+from core.data import DataSplits
 from core.errors import DataError, LayerMergeError, TableMismatchError
-from core.latency import (
-    PartialStore,
-    ProgressCallback,
-    check_table_directory,
-    library_versions,
-    torch_threads,
-    update_meta,
-)
+from core.families.base import ModelFamily, family_for
+from core.files import library_versions
 from core.models import ModelBundle, build_model, load_state_dict_bytes
-from core.segments import find_segments, keep_everything_solution
+from core.runner import ProgressCallback, RemoteTask, Runner, run_jobs
+from core.segments import keep_everything_solution
 from core.solution import Solution, SolutionSegment
 from core.surgery import build_training_network, original_network
-from core.tables import (
-    EntryKey,
-    TableEntry,
-    file_digest,
-    read_importance_csv,
-    write_importance_csv,
+from core.table_store import (
+    PartialStore,
+    open_table_directory,
+    publish_table,
+    read_finished_table,
+    settings_digest,
 )
+from core.tables import EntryKey, TableEntry
 
 __all__ = [
     "ImportanceConfig",
     "EntryScore",
     "ImportanceTable",
     "ImportanceEstimator",
+    "ClassifierEstimator",
     "FinetuneEstimator",
     "DistortionEstimator",
     "ModelRecipe",
     "MODES",
     "NORMALIZATIONS",
+    "IDENTITY_JOB",
     "estimate_importance",
     "entry_solution",
     "entry_seed",
@@ -123,7 +122,7 @@ PAPER_BATCH = 256
 EVAL_BATCH = 256
 IDENTITY_JOB = "identity"  # the job shared by every entry that is the original network
 
-_WORKER_CACHE: dict[str, tuple[Chain, ImportanceEstimator]] = {}  # per process: the last context
+_WORKER_CACHE: dict[str, tuple[Any, ImportanceEstimator]] = {}  # per process: the last context
 
 
 @dataclass(frozen=True)
@@ -242,6 +241,8 @@ class ImportanceTable:
 
     ``computed`` counts entries scored by this call, ``cached`` those read from a finished table or
     a partial store; ``networks_trained`` the distinct networks this call finetuned or evaluated.
+    ``complete`` is False for a run restricted to some entries or ``cancelled``: it wrote no
+    table, only its partial store.
     """
 
     entries: tuple[TableEntry, ...]
@@ -251,6 +252,7 @@ class ImportanceTable:
     networks_trained: int
     complete: bool
     seconds: float
+    cancelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,16 +267,13 @@ class ModelRecipe:
     width: float
     input_size: int
     num_classes: int
-    in_channels: int
     weights_digest: str
     weights_path: str | None = None
     weights_bytes: bytes | None = None
     model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def from_bundle(
-        cls, bundle: ModelBundle, *, in_channels: int = 3, portable: bool = False
-    ) -> ModelRecipe:
+    def from_bundle(cls, bundle: ModelBundle, *, portable: bool = False) -> ModelRecipe:
         """The recipe of ``bundle``; ``portable`` sends weights as bytes (for remote workers)."""
         path = str(bundle.weights_path) if bundle.weights_path is not None else None
         data: bytes | None = None
@@ -289,12 +288,20 @@ class ModelRecipe:
             width=bundle.width,
             input_size=bundle.input_size,
             num_classes=bundle.num_classes,
-            in_channels=in_channels,
             weights_digest=bundle.weights_digest,
             weights_path=path,
             weights_bytes=data,
             model_kwargs=tuple(sorted(bundle.model_kwargs.items())),
         )
+
+    def localized(self, scratch: Path) -> ModelRecipe:
+        """The recipe with its weight bytes written to a file in ``scratch``: local workers then
+        read the file once each instead of receiving the bytes with every task."""
+        if self.weights_bytes is None:
+            return self
+        path = scratch / "weights.pt"
+        path.write_bytes(self.weights_bytes)
+        return replace(self, weights_bytes=None, weights_path=str(path))
 
     def build(self) -> ModelBundle:
         """Rebuild the model and check it has the recorded weights.
@@ -322,38 +329,118 @@ class ModelRecipe:
 
 
 class ImportanceEstimator(abc.ABC):
-    """Scores one table entry of a chain (STYLE.md convention 6: a callable behind a small base).
+    """Scores one table entry (STYLE.md convention 6: a callable behind a small base).
 
-    Subclasses get the unmodified model, its chain, the data splits and a resolved config; the
-    base metrics (the unmodified network evaluated the same way) are computed once, lazily.
+    A family names its estimator per mode (``family.importance_estimator(mode)``). Subclasses get
+    the unmodified model, the family's traced model, the data and a resolved config of
+    ``config_type``; the base metrics (the unmodified network evaluated the same way) are computed
+    once, lazily. The class methods say how a run is organised around the estimator: which data
+    fits (:meth:`check_data`), how defaults scale with it (:meth:`resolve`), which entries share
+    one network (:meth:`job_id`), and whether deltas are measured against another job's network
+    (``reference_job``) rather than the unmodified one.
     """
 
     mode: ClassVar[str] = ""
+    config_type: ClassVar[type] = object
+    # A job every run includes first, whose scores the deltas are measured against (None: the
+    # unmodified network, ``base``, as every estimator reports it).
+    reference_job: ClassVar[str | None] = None
 
-    def __init__(
-        self, model: nn.Module, chain: Chain, data: DataSplits, config: ImportanceConfig
-    ) -> None:
+    def __init__(self, model: nn.Module, traced: Any, data: Any, config: Any) -> None:
         self.model = model
-        self.chain = chain
+        self.traced = traced
         self.data = data
         self.config = config
         self._base: tuple[float, float] | None = None
 
+    @classmethod
+    def check_data(cls, bundle: Any, data: Any, spec: str) -> None:
+        """Refuse data the model cannot be scored on (before any job runs); any data by default.
+
+        Raises:
+            DataError: the data does not fit the model.
+        """
+        return None
+
+    @classmethod
+    def resolve(cls, config: Any, data: Any) -> Any:
+        """The config with its data-dependent defaults filled in (what is keyed and recorded)."""
+        return config
+
+    @classmethod
+    def job_id(cls, entry: TableEntry, config: Any) -> str:
+        """The job that scores ``entry``: every single-layer entry that keeps its conv is the
+        original network, so they share one job; every other entry is its own."""
+        if entry.end - entry.start == 1 and not entry.is_removal and entry.keeps_all_convs:
+            return IDENTITY_JOB
+        start, end, kernel, depthwise, stride = entry.key
+        return f"{start},{end},{kernel},{int(depthwise)},{stride}"
+
     @property
     def base(self) -> tuple[float, float]:
-        """Accuracy (%) and loss of the unmodified network, evaluated as entries are."""
+        """Accuracy (%, NaN without one) and loss of the unmodified network, evaluated as entries
+        are."""
         if self._base is None:
-            network = original_network(self.model, self.chain).eval()
-            self._base = self._evaluate(self._prepare(network))
+            self._base = self._evaluate(self._original())
         return self._base
 
     @abc.abstractmethod
-    def __call__(self, chain: Chain, entry: TableEntry, *, seed: int = 0) -> EntryScore:
+    def __call__(self, traced: Any, entry: TableEntry, *, seed: int = 0) -> EntryScore:
         """Score the network modified in ``entry``'s segment only."""
 
     @abc.abstractmethod
     def _evaluate(self, network: nn.Module) -> tuple[float, float]:
-        """Accuracy (%) and mean loss of ``network`` on this estimator's evaluation images."""
+        """Accuracy (%) and mean loss of ``network`` on this estimator's evaluation data."""
+
+    @abc.abstractmethod
+    def _original(self) -> nn.Module:
+        """The unmodified network, ready to evaluate (what ``base`` scores)."""
+
+    def _check_traced(self, traced: Any) -> None:
+        if traced.digest() != self.traced.digest():
+            raise TableMismatchError(
+                f"entry of chain {traced.digest()} given to an estimator of chain "
+                f"{self.traced.digest()}"
+            )
+
+
+class ClassifierEstimator(ImportanceEstimator):
+    """The classifiers' estimators: accuracy and cross-entropy of logits, on :class:`DataSplits`."""
+
+    config_type = ImportanceConfig
+
+    def __init__(
+        self, model: nn.Module, chain: Chain, data: DataSplits, config: ImportanceConfig
+    ) -> None:
+        super().__init__(model, chain, data, config)
+        self.chain = chain
+
+    @classmethod
+    def check_data(cls, bundle: ModelBundle, data: DataSplits, spec: str) -> None:
+        if data.num_classes != bundle.num_classes:
+            raise DataError(
+                f"{bundle.name} has {bundle.num_classes} outputs but data {spec!r} has "
+                f"{data.num_classes} classes; give weights trained on this data (--weights)"
+            )
+        if data.input_size != bundle.input_size:
+            raise DataError(
+                f"data {spec!r} is {data.input_size}x{data.input_size} but the chain was traced "
+                f"at {bundle.input_size}x{bundle.input_size}"
+            )
+
+    @classmethod
+    def resolve(cls, config: ImportanceConfig, data: DataSplits) -> ImportanceConfig:
+        return config.resolved(len(data.finetune))
+
+    @classmethod
+    def job_id(cls, entry: TableEntry, config: ImportanceConfig) -> str:
+        if config.reinit_single and entry.end - entry.start == 1 and not entry.is_removal:
+            start, end, kernel, depthwise, stride = entry.key
+            return f"{start},{end},{kernel},{int(depthwise)},{stride}"  # re-initialised: its own
+        return super().job_id(entry, config)
+
+    def _original(self) -> nn.Module:
+        return self._prepare(original_network(self.model, self.chain).eval())
 
     def _prepare(self, network: nn.Module) -> nn.Module:
         if self.config.channels_last:
@@ -365,15 +452,8 @@ class ImportanceEstimator(abc.ABC):
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def _check_chain(self, chain: Chain) -> None:
-        if chain.digest() != self.chain.digest():
-            raise TableMismatchError(
-                f"entry of chain {chain.digest()} given to an estimator of chain "
-                f"{self.chain.digest()}"
-            )
 
-
-class FinetuneEstimator(ImportanceEstimator):
+class FinetuneEstimator(ClassifierEstimator):
     """LAYERMERGE.md §4.1: brief finetune on the finetune split, evaluation on the holdout split."""
 
     mode = "finetune"
@@ -392,7 +472,7 @@ class FinetuneEstimator(ImportanceEstimator):
         )
 
     def __call__(self, chain: Chain, entry: TableEntry, *, seed: int = 0) -> EntryScore:
-        self._check_chain(chain)
+        self._check_traced(chain)
         base_accuracy, base_loss = self.base
         started = time.perf_counter()
         config = self.config
@@ -451,7 +531,7 @@ class FinetuneEstimator(ImportanceEstimator):
         return 100.0 * correct / count, total_loss / count
 
 
-class DistortionEstimator(ImportanceEstimator):
+class DistortionEstimator(ClassifierEstimator):
     """No finetuning: how far a modified network's logits move from the original's.
 
     On a fixed calibration batch (the first ``calibration_images`` holdout images), the relative
@@ -473,7 +553,7 @@ class DistortionEstimator(ImportanceEstimator):
             self._base_logits = self._prepare(network)(self._input(images)).float()
 
     def __call__(self, chain: Chain, entry: TableEntry, *, seed: int = 0) -> EntryScore:
-        self._check_chain(chain)
+        self._check_traced(chain)
         base_accuracy, base_loss = self.base
         started = time.perf_counter()
         network = build_training_network(self.model, chain, entry_solution(chain, entry))
@@ -508,43 +588,44 @@ class DistortionEstimator(ImportanceEstimator):
             return _scores(network.eval()(self._input(self._images)).float(), self._labels)
 
 
-_ESTIMATORS: dict[str, type[ImportanceEstimator]] = {
-    FinetuneEstimator.mode: FinetuneEstimator,
-    DistortionEstimator.mode: DistortionEstimator,
-}
-
-
 def estimate_importance(
-    bundle: ModelBundle,
-    chain: Chain,
-    data: str | DataSplits,
-    config: ImportanceConfig | None = None,
+    bundle: Any,
+    traced: Any,
+    data: Any,
+    config: Any = None,
     *,
+    family: ModelFamily | None = None,
     out: str | Path | None = None,
     jobs: int = 1,
     cluster: str | None = None,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
     entries: Collection[EntryKey] | int | None = None,
+    cancel: threading.Event | None = None,
 ) -> ImportanceTable:
-    """Build the importance table of ``chain``: one brief finetune (or one distortion) per entry.
+    """Build the importance table of ``traced``: one brief finetune (or one distortion) per job.
 
     Args:
-        bundle: the model with the weights whose importance is measured.
-        chain: its traced chain; entries come from ``find_segments(chain, include_removals=True)``.
-        data: a ``--data`` spec string, or splits loaded with ``config.data_seed`` (workers reload
-            them from ``data.name``; the digest must match).
-        config: the estimation settings.
+        bundle: the model with the weights whose importance is measured (the family's bundle).
+        traced: the family's traced model; entries are the family's scored segments' options.
+        data: a ``--data`` spec string, or the data loaded by the family with ``config.data_seed``
+            (workers reload it from its ``name``; the digest must match).
+        config: the family's importance settings (``family.importance_config(...)``); None: its
+            defaults.
+        family: the model's family; None: the family that claims ``bundle.name``.
         out: table directory. ``importance.csv`` and meta.json are written there when every
             entry is done; finished entries go to a partial store there at once. None: memory only.
         jobs: local worker processes (joblib's loky backend); 1 runs in this process.
         cluster: a dask.distributed scheduler address (``tcp://host:8786``): entries run there
             through joblib's dask backend, and ``jobs`` is ignored.
-        threads: torch threads per job; None: cores / jobs locally, 1 on a cluster.
+        threads: torch threads per job; None: the caller's in this process, cores / jobs in local
+            processes, 1 on a cluster.
         progress: called as ``progress(done, total, eta_s)`` in entries; an exception raised by it
             stops the run with finished entries saved.
         entries: only these keys, or only the first n entries (tests, previews). A restricted run
             fills the partial store but writes no table.
+        cancel: when set, the run stops after the jobs in progress (``cancelled`` result, no table
+            written, finished entries saved).
 
     Returns:
         The entries with ``importance``, ``delta_acc`` and ``delta_loss`` filled, and the metadata.
@@ -555,150 +636,151 @@ def estimate_importance(
         TableMismatchError: ``out`` holds tables of another chain.
     """
     started = time.perf_counter()
-    if not _positive_int(jobs):
-        raise LayerMergeError(f"jobs must be a positive integer, got {jobs!r}")
-    if threads is not None and not _positive_int(threads):
-        raise LayerMergeError(f"threads must be a positive integer, got {threads!r}")
-    config = config or ImportanceConfig()
-    splits = data if isinstance(data, DataSplits) else None
-    spec = data.name if isinstance(data, DataSplits) else data
-    if splits is None:
-        splits = load_data(spec, input_size=bundle.input_size, seed=config.data_seed)
-    if splits.num_classes != bundle.num_classes:
-        raise DataError(
-            f"{bundle.name} has {bundle.num_classes} outputs but data {spec!r} has "
-            f"{splits.num_classes} classes; give weights trained on this data (--weights)"
+    family = family or family_for(bundle.name)
+    runner = Runner(processes=jobs, cluster=cluster, threads=threads)
+    config = family.importance_config() if config is None else config
+    estimator = family.importance_estimator(getattr(config, "mode", ""))
+    if not isinstance(config, estimator.config_type):
+        raise LayerMergeError(
+            f"{type(config).__name__} settings do not apply to {family.name} models; make them "
+            "with the family's importance_config()"
         )
-    if splits.input_size != bundle.input_size:
-        raise DataError(
-            f"data {spec!r} is {splits.input_size}x{splits.input_size} but the chain was traced "
-            f"at {bundle.input_size}x{bundle.input_size}"
-        )
-    config = config.resolved(len(splits.finetune))
-    key = importance_key(chain, bundle.weights_digest, splits.digest, config)
+    spec = data if isinstance(data, str) else data.name
+    splits = (
+        family.load_data(spec, bundle, traced, seed=config.data_seed)
+        if isinstance(data, str)
+        else data
+    )
+    estimator.check_data(bundle, splits, spec)
+    config = estimator.resolve(config, splits)
+    chain_digest = traced.digest()
+    key = importance_key(traced, bundle.weights_digest, splits.digest, config)
+    identity = {
+        _entry_key(s, o) for s in family.segments(traced) for o in s.options if o.is_removal
+    }
     all_entries = [
-        TableEntry(s.start, s.end, o.kernel, o.depthwise, o.stride, o.kept_convs)
-        for s in find_segments(chain, include_removals=True)
+        TableEntry(*_entry_key(s, o), o.kept_convs, identity_segment=_entry_key(s, o) in identity)
+        for s in family.scored_segments(traced)
         for o in s.options
     ]
     chosen = _select(all_entries, entries)
     restricted = len(chosen) != len(all_entries)
-    directory = Path(out) if out is not None else None
-
-    if directory is not None:
-        existing = check_table_directory(directory, chain)
+    directory = None
+    if out is not None:
+        directory, existing = open_table_directory(out, chain_digest)
         if not restricted and existing.get("importance_key") == key:
-            cached = _read_finished(directory, existing, [e.key for e in all_entries])
+            expected = [e.key for e in all_entries]
+            cached = read_finished_table(directory, existing, "importance", expected)
             if cached is not None:
                 return ImportanceTable(cached, existing, 0, len(cached), 0, True, 0.0)
 
-    store = PartialStore(directory, f"importance-{key}", {"importance_key": key})
-    done = store.entries  # job id -> asdict(EntryScore)
-    job_of = {e.key: _job_id(e, config) for e in chosen}
-    representative: dict[str, TableEntry] = {}
+    # One job per distinct network; the reference job (if any) first, so every run has it.
+    job_of = {e.key: estimator.job_id(e, config) for e in chosen}
+    payloads: dict[str, TableEntry] = {}
+    reference = estimator.reference_job
+    if reference is not None:
+        found = next((e for e in all_entries if estimator.job_id(e, config) == reference), None)
+        if found is None:
+            raise LayerMergeError(f"no entry of {bundle.name} builds the reference network")
+        payloads[reference] = found
     for entry in chosen:
-        representative.setdefault(job_of[entry.key], entry)
-    pending = [job for job in representative if job not in done]
-    total = len(chosen)
-    cached_count = sum(1 for e in chosen if job_of[e.key] in done)
-    entries_per_job: dict[str, int] = {}
-    for job in job_of.values():
-        entries_per_job[job] = entries_per_job.get(job, 0) + 1
+        payloads.setdefault(job_of[entry.key], entry)
 
-    context = _Context(
-        recipe=ModelRecipe.from_bundle(
-            bundle, in_channels=chain.input_shape[0], portable=cluster is not None
-        ),
-        data_spec=str(spec),
-        data_digest=splits.digest,
-        chain_digest=chain.digest(),
-        config=config,
-    )
-    if threads is None:
-        threads = 1 if cluster is not None else max(1, (os.cpu_count() or 1) // jobs)
-    runner = _describe_runner(jobs, cluster)
-    # Connect before reporting any progress: an unreachable scheduler is one clear error.
-    client = _dask_client(cluster) if cluster is not None and pending else None
-    finished, computed, job_seconds = cached_count, 0, 0.0
-    try:
-        if progress is not None:
-            progress(cached_count, total, None)
-        loop_started = time.perf_counter()
-        for count, (job_id, score) in enumerate(
-            _run_jobs(
-                context,
-                [(j, representative[j]) for j in pending],
-                jobs,
-                client,
-                threads,
-                (bundle, chain, splits),
+    local: list[ImportanceEstimator] = []  # built on the first job run in this process
+
+    def score(job: str, entry: TableEntry) -> dict[str, Any]:
+        if not local:
+            local.append(estimator(bundle.model, traced, splits, config))
+        return asdict(local[0](traced, entry, seed=entry_seed(config.seed, job)))
+
+    remote = None
+    if not runner.in_process:
+        context = _Context(
+            family=family,
+            recipe=family.recipe(bundle, portable=cluster is not None),
+            traced=traced,
+            data_spec=str(spec),
+            data_digest=splits.digest,
+            config=config,
+            estimator=estimator,
+        )
+        remote = RemoteTask(
+            _score_job,
+            context,
+            local_context=lambda scratch: replace(
+                context, recipe=context.recipe.localized(scratch)
             ),
-            start=1,
-        ):
-            done[job_id] = score
-            store.save()
-            computed += entries_per_job[job_id]
-            finished += entries_per_job[job_id]
-            job_seconds += float(score["seconds"])
-            if progress is not None:
-                # elapsed wall time per finished job already accounts for the parallelism
-                per_job = (time.perf_counter() - loop_started) / count
-                progress(finished, total, per_job * (len(pending) - count))
-    finally:
-        if client is not None:
-            client.close()
-
-    base = next(iter(done.values()), None)
+        )
+    store = PartialStore(directory, f"importance-{key}", {"importance_key": key})
+    outcome = run_jobs(
+        job_of,
+        payloads,
+        store=store,
+        local=score,
+        remote=remote,
+        runner=runner,
+        progress=progress,
+        cancel=cancel,
+    )
+    scores = _relative_to(outcome.results, reference)
     table_entries = tuple(
         replace(
             entry,
-            importance=normalize_importance(done[job_of[entry.key]], config.normalization or ""),
-            delta_acc=float(done[job_of[entry.key]]["delta_acc"]),
-            delta_loss=float(done[job_of[entry.key]]["delta_loss"]),
+            importance=normalize_importance(scores[job_of[entry.key]], config.normalization),
+            delta_acc=float(scores[job_of[entry.key]]["delta_acc"]),
+            delta_loss=float(scores[job_of[entry.key]]["delta_loss"]),
         )
         for entry in chosen
+        if job_of[entry.key] in scores
     )
-    seconds = time.perf_counter() - started
+    complete = not restricted and not outcome.cancelled
+    base = next(iter(scores.values()), None)
+    reference_loss = base["base_loss"] if base else None
+    if reference is not None and reference in scores:
+        reference_loss = scores[reference]["loss"]
+    settings = _settings(config)
     meta = {
-        "model": bundle.name,
-        "width": bundle.width,
-        "input_size": bundle.input_size,
-        "input_shape": list(chain.input_shape),
-        "chain_digest": chain.digest(),
+        **family.table_fields(bundle, traced),
+        "family": family.name,
+        "chain_digest": chain_digest,
         "weights_digest": bundle.weights_digest,
-        "weights": bundle.weights_source,  # seeded, shipped, file or state_dict
+        "weights": bundle.weights_source,  # seeded, shipped, file, folder or state_dict
         "weights_file": bundle.weights_path.name if bundle.weights_path else None,
         "data": splits.name,
         "data_digest": splits.digest,
         "importance_key": key,
         "importance_mode": config.mode,
         "importance_normalization": config.normalization,
-        "importance_settings": _settings(config),
-        "importance_settings_digest": _digest(_settings(config)),
-        "importance_base_accuracy": base["base_accuracy"] if base else None,
-        "importance_base_loss": base["base_loss"] if base else None,
+        "importance_settings": settings,
+        "importance_settings_digest": settings_digest(settings),
+        "importance_base_accuracy": _finite(base["base_accuracy"]) if base else None,
+        "importance_base_loss": _finite(base["base_loss"]) if base else None,
+        # what the deltas are measured against: the unmodified network's loss, or the reference
+        # job's (a UNet's: the original, finetuned alike)
+        "importance_reference_loss": _finite(reference_loss) if base else None,
         "importance_entries": len(table_entries),
-        "importance_networks": len(representative),
-        "importance_runner": runner,
-        "importance_threads_per_job": threads,
-        "importance_seconds": round(seconds, 2),
-        "importance_job_seconds": round(job_seconds, 2),
+        "importance_networks": len(payloads),
+        "importance_runner": runner.describe(),
+        "importance_threads_per_job": runner.threads_per_job(),
+        "importance_seconds": round(time.perf_counter() - started, 2),
+        "importance_job_seconds": round(
+            sum(float(outcome.results[job].get("seconds", 0.0)) for job in outcome.ran), 2
+        ),
         "importance_created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
-    if directory is not None and not restricted:
-        write_importance_csv(directory / "importance.csv", table_entries)
-        meta["importance_csv_digest"] = file_digest(directory / "importance.csv")
-        meta = update_meta(directory, chain, meta, owner="importance")
+    if directory is not None and complete:
+        meta = publish_table(directory, chain_digest, "importance", table_entries, meta)
         store.remove()
     return ImportanceTable(
         entries=table_entries,
         meta=meta,
-        computed=computed,
-        cached=cached_count,
-        networks_trained=len(pending),
-        complete=not restricted,
-        seconds=seconds,
+        computed=outcome.computed,
+        cached=outcome.cached,
+        networks_trained=len(outcome.ran),
+        complete=complete,
+        seconds=time.perf_counter() - started,
+        cancelled=outcome.cancelled,
     )
 
 
@@ -748,17 +830,18 @@ def normalize_importance(score: dict[str, Any] | EntryScore, normalization: str)
     )
 
 
-def importance_key(
-    chain: Chain, weights_digest: str, data_digest: str, config: ImportanceConfig
-) -> str:
+def importance_key(traced: Any, weights_digest: str, data_digest: str, config: Any) -> str:
     """Cache key of an importance table: chain, weights, data and settings digests."""
     fields = {
-        "chain": chain.digest(),
+        "chain": traced.digest(),
         "weights": weights_digest,
         "data": data_digest,
-        "settings": _digest(_settings(config)),
+        "settings": settings_digest(_settings(config)),
     }
-    return _digest(fields)
+    return settings_digest(fields)
+
+
+# --------------------------------------------------------------------------- private helpers
 
 
 # --------------------------------------------------------------------------- private helpers
@@ -768,125 +851,78 @@ def importance_key(
 class _Context:
     """Everything a worker needs, shipped once per task (or scattered once on a cluster)."""
 
-    recipe: ModelRecipe
+    family: ModelFamily
+    recipe: Any  # the family's recipe: ``build()`` rebuilds the bundle and checks its digest
+    traced: Any
     data_spec: str
     data_digest: str
-    chain_digest: str
-    config: ImportanceConfig
+    config: Any
+    estimator: type[ImportanceEstimator]
 
     @property
     def digest(self) -> str:
-        return _digest(
+        return settings_digest(
             {
-                "recipe": self.recipe.weights_digest,
+                "family": self.family.name,
                 "name": self.recipe.name,
+                "weights": self.recipe.weights_digest,
                 "data": self.data_digest,
-                "chain": self.chain_digest,
+                "chain": self.traced.digest(),
                 "settings": _settings(self.config),
             }
         )
 
 
-def _run_job(context: _Context, job_id: str, entry: TableEntry, threads: int) -> tuple[str, dict]:
-    """Score one job in a worker (or in this process): rebuilds what it needs once per process."""
-    with torch_threads(threads):
-        chain, estimator = _worker_estimator(context)
-        score = estimator(chain, entry, seed=entry_seed(context.config.seed, job_id))
-    return job_id, asdict(score)
+def _score_job(context: _Context, job_id: str, entry: TableEntry) -> dict[str, Any]:
+    """Score one job in a worker: rebuilds what it needs once per process."""
+    estimator = _worker_estimator(context)
+    return asdict(estimator(context.traced, entry, seed=entry_seed(context.config.seed, job_id)))
 
 
-def _worker_estimator(context: _Context) -> tuple[Chain, ImportanceEstimator]:
+def _worker_estimator(context: _Context) -> ImportanceEstimator:
     cached = _WORKER_CACHE.get(context.digest)
     if cached is not None:
-        return cached
+        return cached[1]
     bundle = context.recipe.build()
-    chain = trace_chain(bundle.model, bundle.input_size, in_channels=context.recipe.in_channels)
-    if chain.digest() != context.chain_digest:
-        raise TableMismatchError(
-            f"a worker traced {bundle.name} into chain {chain.digest()}, not "
-            f"{context.chain_digest}: is the same code installed on every worker?"
-        )
-    data = load_data(context.data_spec, input_size=bundle.input_size, seed=context.config.data_seed)
+    data = context.family.load_data(
+        context.data_spec, bundle, context.traced, seed=context.config.data_seed
+    )
     if data.digest != context.data_digest:
         raise TableMismatchError(
             f"a worker loaded data {context.data_spec!r} with digest {data.digest}, not "
             f"{context.data_digest}: workers must see the same files"
         )
-    estimator = _ESTIMATORS[context.config.mode](bundle.model, chain, data, context.config)
+    estimator = context.estimator(bundle.model, context.traced, data, context.config)
     _WORKER_CACHE.clear()  # one context per process at a time: models can be large
-    _WORKER_CACHE[context.digest] = (chain, estimator)
-    return chain, estimator
+    _WORKER_CACHE[context.digest] = (context.traced, estimator)
+    return estimator
 
 
-def _run_jobs(
-    context: _Context,
-    work: list[tuple[str, TableEntry]],
-    jobs: int,
-    client: Any,
-    threads: int,
-    local: tuple[ModelBundle, Chain, DataSplits],
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (job id, score) as jobs finish: in process, on loky processes, or on dask."""
-    if not work:
-        return
-    if client is None and jobs == 1:
-        # In this process: score with the caller's model and splits, nothing rebuilt or kept.
-        bundle, chain, splits = local
-        estimator = _ESTIMATORS[context.config.mode](bundle.model, chain, splits, context.config)
-        for job_id, entry in work:
-            with torch_threads(threads):
-                score = estimator(chain, entry, seed=entry_seed(context.config.seed, job_id))
-            yield job_id, asdict(score)
-        return
-    import joblib
+def _relative_to(
+    scores: dict[str, dict[str, Any]], reference: str | None
+) -> dict[str, dict[str, Any]]:
+    """The scores with their deltas measured against the reference job's network, if any.
 
-    tasks = (joblib.delayed(_run_job)(context, job_id, entry, threads) for job_id, entry in work)
-    if client is None:
-        with tempfile.TemporaryDirectory(prefix="layermerge-weights-") as scratch:
-            if context.recipe.weights_bytes is not None:
-                # Local workers read the weights from a file once each, instead of receiving
-                # the bytes pickled with every task.
-                path = Path(scratch) / "weights.pt"
-                path.write_bytes(context.recipe.weights_bytes)
-                recipe = replace(context.recipe, weights_bytes=None, weights_path=str(path))
-                context = replace(context, recipe=recipe)
-            tasks = (
-                joblib.delayed(_run_job)(context, job_id, entry, threads) for job_id, entry in work
-            )
-            parallel = joblib.Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
-            yield from parallel(tasks)
-        return
-    # joblib's dask backend runs on the current client; the context is scattered once.
-    with joblib.parallel_config(backend="dask", scatter=[context]):
-        parallel = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")
-        yield from parallel(tasks)
+    Without the reference's score (a run cancelled before it finished) no delta can be given,
+    so no score is returned.
+    """
+    if reference is None:
+        return scores
+    if reference not in scores:
+        return {}
+    ref = scores[reference]
+    return {
+        job: {
+            **score,
+            "delta_acc": float(score["accuracy"]) - float(ref["accuracy"]),
+            "delta_loss": float(score["loss"]) - float(ref["loss"]),
+        }
+        for job, score in scores.items()
+    }
 
 
-def _dask_client(address: str) -> Any:
-    try:
-        from distributed import Client
-    except ImportError as exc:
-        raise LayerMergeError(
-            "--cluster needs dask.distributed (pip install 'dask[distributed]')"
-        ) from exc
-    try:
-        return Client(address, timeout=30)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise LayerMergeError(f"cannot reach the dask scheduler at {address!r}: {exc}") from exc
-
-
-def _describe_runner(jobs: int, cluster: str | None) -> str:
-    if cluster is not None:
-        return f"dask:{cluster}"
-    return "in-process" if jobs == 1 else f"loky:{jobs}"
-
-
-def _job_id(entry: TableEntry, config: ImportanceConfig) -> str:
-    is_original = entry.end - entry.start == 1 and not entry.is_removal and entry.keeps_all_convs
-    if is_original and not config.reinit_single:
-        return IDENTITY_JOB
-    start, end, kernel, depthwise, stride = entry.key
-    return f"{start},{end},{kernel},{int(depthwise)},{stride}"
+def _entry_key(segment: Any, option: Any) -> EntryKey:
+    return (segment.start, segment.end, option.kernel, option.depthwise, option.stride)
 
 
 def _select(
@@ -906,30 +942,14 @@ def _select(
     return chosen
 
 
-def _read_finished(
-    directory: Path, meta: dict[str, Any], expected: list[EntryKey]
-) -> tuple[TableEntry, ...] | None:
-    """The finished importance table when it is the one meta.json records, intact and complete."""
-    path = directory / "importance.csv"
-    if not path.is_file() or meta.get("importance_csv_digest") != file_digest(path):
-        return None  # made with other settings, or edited since: computed again, never used
-    try:
-        rows = read_importance_csv(path)
-    except TableMismatchError:
-        return None  # damaged: computed again, never used
-    by_key = {e.key: e for e in rows}
-    if set(by_key) != set(expected) or not all(math.isfinite(e.importance) for e in rows):
-        return None
-    return tuple(by_key[key] for key in expected)  # the order a fresh run returns
-
-
-def _settings(config: ImportanceConfig) -> dict[str, Any]:
+def _settings(config: Any) -> dict[str, Any]:
     return asdict(config)
 
 
-def _digest(fields: dict[str, Any]) -> str:
-    text = json.dumps(fields, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or None where it is NaN (JSON has no NaN; a UNet has no accuracy)."""
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _reinitialize(network: nn.Module, position: int) -> None:

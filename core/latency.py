@@ -1,27 +1,31 @@
-"""The latency look-up table: every (segment, kernel option) timed as one merged conv (LAYERMERGE.md §3).
+"""The latency look-up table: every (segment, kernel option) timed as what the merged network runs.
 
-For each entry of :func:`core.segments.find_segments` we build what the merged network will run
-there, ``Sequential(Conv2d(in, out, K, stride, K // 2, groups, bias=True), activation)`` with random
-weights, and time it on this machine at the entry's TRUE input shape: the shape the segment's first
-conv sees in the traced network (the original code chained convs on a bare tensor and so timed every
-ResNet entry at twice the real resolution, §3.2). The activation is always included, as the paper
-does, because every segment end either carries one or is timed as if it did.
+For each entry of the family's segments (LAYERMERGE.md §3) the family says what the compressed
+network runs there (:meth:`~core.families.base.ModelFamily.latency_geometry`): for a classifier,
+``Sequential(Conv2d(in, out, K, stride, K // 2, groups, bias=True), activation)``; for a diffusion
+UNet, the merged conv with the time embedding, GroupNorm and SiLU its block keeps. It is timed with
+random weights on this machine at the entry's TRUE input shape: the shape the segment's first conv
+sees in the traced network (the original code chained convs on a bare tensor and so timed every
+ResNet entry at twice the real resolution, §3.2). A removal option the family lists among its
+segments (a DDPM upsample conv that may become the identity) runs nothing: its latency is 0.
 
 Honesty about the surrogate: the DP assumes the network's latency is the sum of its segments'. We
-also time the whole original network and record the signed relative difference
-(``additivity_error``) in ``meta.json``; the table never includes the stem, BN, pooling, residual adds
-or the classifier, so the error is usually negative.
+also time the whole original network (:meth:`~core.families.base.ModelFamily.timed_network`) and
+record the signed relative difference (``additivity_error``) in ``meta.json``; the table never
+includes the stem, BN, pooling, residual adds or the classifier (a UNet's attention, skips and
+time MLP), so the error is usually negative.
 
 Backends sit in a small strict registry (STYLE.md convention 4): ``torch`` (eager, CPU or CUDA with
 CUDA-event timing) and ``onnxruntime`` (CPU). CPU timings use ``torch.utils.benchmark`` with the
 thread count set and recorded; we store the median of the timed blocks and their interquartile range
 (``latency_spread_ms``), in milliseconds per batch.
 
-Work is never lost: each finished entry is written at once (atomically) to a partial file in the
-output directory, so a killed run resumes where it stopped; an identical rerun (same chain, batch,
-backend, device, threads and timing settings) reads the finished table and measures nothing. Within
-a run, entries with the same merged-conv geometry (common: a ResNet stage repeats its blocks) are
-measured once.
+Work is never lost: the table goes through the entry runner (:mod:`core.runner`), one job per
+distinct geometry (common: a ResNet stage repeats its blocks), each finished job saved at once to
+a partial store in the output directory, so a killed run resumes where it stopped; an identical
+rerun (same chain, batch, backend, device, threads and timing settings) reads the finished table
+(:mod:`core.table_store`) and measures nothing. Jobs always run in this process, one after the
+other: two timings must never share the machine.
 
 Example:
     >>> bundle = build_model("digits_resnet")
@@ -40,35 +44,33 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import platform
 import statistics
+import threading
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.chain import Chain
-from core.errors import LayerMergeError, TableMismatchError
-from core.models import ModelBundle
+from core.errors import LayerMergeError
+from core.families.base import ModelFamily, family_for
+from core.files import library_versions
 from core.network import make_activation
-from core.segments import find_segments, segment_geometry
-from core.tables import (
-    EntryKey,
-    TableEntry,
-    atomic_write_text,
-    file_digest,
-    read_meta,
-    read_tables,
-    write_latency_csv,
-    write_meta,
+from core.runner import ProgressCallback, run_jobs
+from core.table_store import (
+    PartialStore,
+    open_table_directory,
+    publish_table,
+    read_finished_table,
 )
+from core.tables import EntryKey, TableEntry
+from core.threads import torch_threads
 
 __all__ = [
     "LatencyConfig",
@@ -83,12 +85,8 @@ __all__ = [
     "merged_conv_module",
     "time_module",
     "latency_key",
-    "library_versions",
     "cpu_model",
-    "check_table_directory",
-    "PartialStore",
-    "torch_threads",
-    "update_meta",
+    "torch_threads",  # re-exported from core.threads, where it lives, for older imports
     "DEVICES",
     "DEFAULT_MIN_RUN_TIME_S",
 ]
@@ -100,10 +98,9 @@ DEVICES = ("cpu", "cuda")
 DEFAULT_MIN_RUN_TIME_S = 0.2
 NETWORK_MIN_RUN_TIME_FACTOR = 5  # the whole network is timed 5x longer: one number, worth more
 DEFAULT_WARMUP_RUNS = 3  # untimed runs first: allocator, oneDNN primitive caches, ORT arenas
-PARTIAL_DIR = ".partial"  # inside the output directory: per-run partial stores
 WEIGHT_SEED = 0  # random weights of the timed convs (their values do not change the timing)
-
-ProgressCallback = Callable[[int, int, float | None], None]  # (done, total, eta_s)
+STORE_VERSION = 2  # of the partial store's layout: one job per geometry (1 was one per entry)
+NETWORK_JOB = "network"  # the whole-network timing's job (geometry jobs are JSON objects)
 
 _BACKENDS: dict[str, LatencyBackend] = {}  # registry name -> backend instance
 
@@ -173,7 +170,9 @@ class LatencyTable:
     """A measured latency table and what the run did.
 
     ``computed`` counts the entries measured by this call, ``cached`` those read from a finished
-    table or a partial store; ``measured_geometries`` the distinct merged convs timed by this call.
+    table or a partial store (identity segments, timed by no one, count in neither);
+    ``measured_geometries`` the distinct modules timed by this call. ``complete`` is False for a
+    run restricted to some entries or ``cancelled``: it wrote no table, only its partial store.
     """
 
     entries: tuple[TableEntry, ...]
@@ -183,6 +182,7 @@ class LatencyTable:
     measured_geometries: int
     complete: bool
     seconds: float
+    cancelled: bool = False
 
 
 class LatencyBackend(abc.ABC):
@@ -249,149 +249,149 @@ def get_backend(name: str) -> LatencyBackend:
 
 
 def measure_latency(
-    bundle: ModelBundle,
-    chain: Chain,
+    bundle: Any,
+    traced: Any,
     config: LatencyConfig | None = None,
     *,
+    family: ModelFamily | None = None,
     out: str | Path | None = None,
     progress: ProgressCallback | None = None,
     entries: Collection[EntryKey] | int | None = None,
+    cancel: threading.Event | None = None,
 ) -> LatencyTable:
-    """Measure the latency table of ``chain`` (and the whole network) on this machine.
+    """Measure the latency table of ``traced`` (and the whole network) on this machine.
 
     Args:
-        bundle: the model (only the whole-network timing and meta.json use it: table entries are
-            timed with random weights, which do not change the timing).
-        chain: the traced model; its entries come from :func:`core.segments.find_segments`.
+        bundle: the model, as the family's ``load`` returns it (only the whole-network timing and
+            meta.json use it: table entries are timed with random weights, which do not change
+            the timing).
+        traced: the family's traced model (a :class:`~core.chain.Chain` for classifiers); its
+            entries are the family's segments and their options.
         config: how to measure (batch, backend, device, threads, timing).
+        family: the model's family; None: the family that claims ``bundle.name``.
         out: table directory. ``latency.csv`` and ``meta.json`` are written there when every entry
             is done; finished entries go to a partial store there at once, so a killed run resumes.
             None keeps everything in memory.
-        progress: called as ``progress(done, total, eta_s)`` after each entry (and once at the
-            start); an exception raised by it stops the run with finished entries saved.
+        progress: called as ``progress(done, total, eta_s)`` in measured entries, once at the
+            start and after each distinct geometry; an exception raised by it stops the run with
+            finished entries saved.
         entries: only these keys, or only the first n entries (tests, previews). A restricted run
             fills the partial store but writes no table.
+        cancel: when set, the run stops after the timing in progress (``cancelled`` result, no
+            table written, finished entries saved).
 
     Returns:
-        The entries (removals excluded: their latency is 0 by definition) and the metadata.
+        The entries (identity segments with latency 0) and the metadata.
 
     Raises:
-        LayerMergeError: a bad configuration, or a backend that cannot run here.
+        LayerMergeError: a bad configuration, or a backend or device that cannot run here.
         TableMismatchError: ``out`` holds tables of another chain.
     """
     started = time.perf_counter()
+    family = family or family_for(bundle.name)
     config = (config or LatencyConfig()).resolved()
+    if config.device not in family.latency_devices:
+        raise LayerMergeError(
+            f"--device {config.device}: {family.table_notes.model or family.name} models are "
+            f"timed on {', '.join(family.latency_devices)} only; use --device "
+            f"{family.latency_devices[0]}"
+        )
     backend = get_backend(config.backend)
     backend.check(config)
-    activation = chain.default_activation or "relu"
-    key = latency_key(chain, config)
-    directory = Path(out) if out is not None else None
-    all_items = [(s, o) for s in find_segments(chain) for o in s.options]
+    fields = family.table_fields(bundle, traced)
+    chain_digest = traced.digest()
+    key = latency_key(chain_digest, fields["activation"], config)
+    all_items = [(s, o) for s in family.segments(traced) for o in s.options]
     items = _select(all_items, entries)
     restricted = len(items) != len(all_items)
-
-    if directory is not None:
-        existing = check_table_directory(directory, chain)
+    directory = None
+    if out is not None:
+        directory, existing = open_table_directory(out, chain_digest)
         if not restricted and existing.get("latency_key") == key:
-            cached = _read_finished(directory, chain, existing)
+            expected = [_entry_key(s, o) for s, o in all_items]
+            cached = read_finished_table(directory, existing, "latency", expected)
             if cached is not None:
                 return LatencyTable(
                     entries=cached,
                     meta=existing,
                     computed=0,
-                    cached=len(cached),
+                    cached=sum(not e.identity_segment for e in cached),
                     measured_geometries=0,
                     complete=True,
                     seconds=time.perf_counter() - started,
                 )
 
-    store = PartialStore(directory, f"latency-{key}", {"latency_key": key})
-    done: dict[str, dict[str, Any]] = store.entries
-    geometry_cache: dict[str, Timing] = {}
-    for record in done.values():
-        if "geometry" in record:
-            geometry_cache[record["geometry"]] = Timing(
-                record["latency_ms"], record["latency_spread_ms"], record.get("runs", 0)
-            )
-    want_network = config.network and not restricted
-    total = len(items)
-    cached_count = sum(1 for s, o in items if _key_text(_entry_key(s, o)) in done)
-    computed = 0
-    measured: list[float] = []  # seconds per newly measured geometry (for the ETA)
-    pending_geometries = {
-        _geometry_text(segment_geometry(chain, s.start, s.end, o.kept_convs), activation)
-        for s, o in items
-        if _key_text(_entry_key(s, o)) not in done
-    } - set(geometry_cache)
-    if progress is not None:
-        progress(cached_count, total, None)
+    # One job per distinct geometry; identity segments (removal options) run nothing.
+    job_of: dict[EntryKey, str] = {}
+    payloads: dict[str, Any] = {}
+    for segment, option in items:
+        if not option.is_removal:
+            geometry = family.latency_geometry(traced, segment, option)
+            job = json.dumps(geometry, sort_keys=True)
+            job_of[_entry_key(segment, option)] = job
+            payloads.setdefault(job, geometry)
+    geometries = len(payloads)
+    if config.network and not restricted:
+        payloads[NETWORK_JOB] = None
+    network_config = replace(config, min_run_time=config.min_run_time * NETWORK_MIN_RUN_TIME_FACTOR)
+    input_shape = tuple(family.chain_of(traced).input_shape)
 
-    with torch_threads(config.threads):
-        finished = cached_count
-        for segment, option in items:
-            text = _key_text(_entry_key(segment, option))
-            if text in done:
-                continue
-            geometry = segment_geometry(chain, segment.start, segment.end, option.kept_convs)
-            geo_text = _geometry_text(geometry, activation)
-            timing = geometry_cache.get(geo_text)
-            if timing is None:
-                tic = time.perf_counter()
-                module = merged_conv_module(geometry, activation)
-                shape = (
-                    config.batch,
-                    geometry["in_channels"],
-                    geometry["input_height"],
-                    geometry["input_width"],
-                )
-                timing = time_module(module, shape, config, backend=backend)
-                geometry_cache[geo_text] = timing
-                pending_geometries.discard(geo_text)
-                measured.append(time.perf_counter() - tic)
-            done[text] = {
-                "latency_ms": timing.median_ms,
-                "latency_spread_ms": timing.spread_ms,
-                "runs": timing.runs,
-                "geometry": geo_text,
-            }
-            store.save()
-            computed += 1
-            finished += 1
-            if progress is not None:
-                mean = statistics.fmean(measured) if measured else None
-                eta = None if mean is None else mean * len(pending_geometries)
-                if eta is not None and want_network and "network" not in store.extra:
-                    eta += mean * NETWORK_MIN_RUN_TIME_FACTOR
-                progress(finished, total, eta)
-        if want_network and "network" not in store.extra:
-            shape = (config.batch, *chain.input_shape)
-            network_config = replace(
-                config, min_run_time=config.min_run_time * NETWORK_MIN_RUN_TIME_FACTOR
+    def time_job(job: str, geometry: dict[str, Any] | None) -> dict[str, Any]:
+        if geometry is None:  # the whole network, timed longer: one number, worth more
+            module = family.timed_network(bundle.model)
+            timing = time_module(
+                module, (config.batch, *input_shape), network_config, backend=backend
             )
-            timing = time_module(bundle.model, shape, network_config, backend=backend)
-            store.extra["network"] = asdict(timing)
-            store.save()
+        else:
+            module, shape = family.latency_module(geometry)
+            timing = time_module(module, (config.batch, *shape), config, backend=backend)
+        return asdict(timing)
 
-    table_entries = tuple(
-        _table_entry(segment, option, done[_key_text(_entry_key(segment, option))])
-        for segment, option in items
+    store = PartialStore(directory, f"latency-{key}", {"latency_key": key, "store": STORE_VERSION})
+    outcome = run_jobs(
+        job_of, payloads, store=store, local=time_job, progress=progress, cancel=cancel
     )
-    seconds = time.perf_counter() - started
-    meta = _latency_meta(bundle, chain, config, key, table_entries, store.extra.get("network"))
-    meta["latency_measured_geometries"] = len(geometry_cache)
-    if directory is not None and not restricted:
-        write_latency_csv(directory / "latency.csv", table_entries)
-        meta["latency_csv_digest"] = file_digest(directory / "latency.csv")
-        meta = update_meta(directory, chain, meta, owner="latency")
+    results = outcome.results
+    table_entries: list[TableEntry] = []
+    for segment, option in items:
+        entry_key = _entry_key(segment, option)
+        if option.is_removal:
+            table_entries.append(
+                TableEntry(
+                    *entry_key,
+                    kept_convs=option.kept_convs,
+                    latency_ms=0.0,
+                    latency_spread_ms=0.0,
+                    identity_segment=True,
+                )
+            )
+        elif job_of[entry_key] in results:
+            timing = results[job_of[entry_key]]
+            table_entries.append(
+                TableEntry(
+                    *entry_key,
+                    kept_convs=option.kept_convs,
+                    latency_ms=float(timing["median_ms"]),
+                    latency_spread_ms=float(timing["spread_ms"]),
+                )
+            )
+    meta = _latency_meta(
+        family, bundle, traced, config, key, fields, table_entries, results.get(NETWORK_JOB)
+    )
+    meta["latency_measured_geometries"] = geometries
+    complete = not restricted and not outcome.cancelled
+    if directory is not None and complete:
+        meta = publish_table(directory, chain_digest, "latency", table_entries, meta)
         store.remove()
     return LatencyTable(
-        entries=table_entries,
+        entries=tuple(table_entries),
         meta=meta,
-        computed=computed,
-        cached=cached_count,
-        measured_geometries=len(measured),
-        complete=not restricted,
-        seconds=seconds,
+        computed=outcome.computed,
+        cached=outcome.cached,
+        measured_geometries=sum(job != NETWORK_JOB for job in outcome.ran),
+        complete=complete,
+        seconds=time.perf_counter() - started,
+        cancelled=outcome.cancelled,
     )
 
 
@@ -441,12 +441,12 @@ def time_module(
         module.train(was_training)
 
 
-def latency_key(chain: Chain, config: LatencyConfig) -> str:
-    """Cache key of a latency table: the chain's structure and every measurement setting."""
+def latency_key(chain_digest: str, activation: str, config: LatencyConfig) -> str:
+    """Cache key of a latency table: the traced network's digest and every measurement setting."""
     config = config.resolved()
     fields = {
-        "chain": chain.digest(),
-        "activation": chain.default_activation or "relu",
+        "chain": chain_digest,
+        "activation": activation,
         "batch": config.batch,
         "backend": config.backend,
         "device": config.device,
@@ -459,24 +459,6 @@ def latency_key(chain: Chain, config: LatencyConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a table's numbers depend on (recorded in meta.json)."""
-    import torchvision
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-    }
-    try:
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:  # optional: only the onnxruntime backend needs it
-        versions["onnxruntime"] = "not installed"
-    return versions
-
-
 def cpu_model() -> str:
     """The CPU's model name and logical core count, e.g. ``AMD EPYC (2 cores)``."""
     name = ""
@@ -486,55 +468,6 @@ def cpu_model() -> str:
                 name = line.split(":", 1)[1].strip()
                 break
     return f"{name or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def check_table_directory(directory: str | Path, chain: Chain) -> dict[str, Any]:
-    """The metadata of an existing table directory, refusing one made for another chain.
-
-    Returns:
-        The directory's meta.json, or an empty dict when the directory holds no tables yet.
-
-    Raises:
-        TableMismatchError: meta.json is corrupt, or records another chain digest (the tables
-            would be joined with entries of a different network).
-    """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise TableMismatchError(f"table directory {directory} is a file")
-    if not (directory / "meta.json").exists():
-        for name in ("latency.csv", "importance.csv"):
-            if (directory / name).exists():
-                raise TableMismatchError(
-                    f"{directory / name} has no meta.json beside it; refusing to mix it with new "
-                    "tables: use an empty --out directory"
-                )
-        return {}
-    meta = read_meta(directory)
-    recorded = meta.get("chain_digest")
-    if recorded != chain.digest():
-        raise TableMismatchError(
-            f"{directory} holds tables of another network (chain digest {recorded!r}, this one "
-            f"is {chain.digest()!r}); use another --out directory or delete it"
-        )
-    return meta
-
-
-def update_meta(
-    directory: str | Path, chain: Chain, fields: dict[str, Any], *, owner: str
-) -> dict[str, Any]:
-    """Merge ``fields`` into the directory's meta.json (the latency and importance steps share it).
-
-    ``weights_digest`` belongs to the importance table (latency does not depend on weights): the
-    latency step sets it only while no importance table is recorded.
-    """
-    directory = Path(directory)
-    meta = check_table_directory(directory, chain) if (directory / "meta.json").exists() else {}
-    fields = dict(fields)
-    if owner == "latency" and "importance_key" in meta:
-        fields.pop("weights_digest", None)
-    meta.update(fields)
-    write_meta(directory, meta)
-    return meta
 
 
 # --------------------------------------------------------------------------- backends
@@ -618,75 +551,8 @@ class _OnnxRuntimeBackend(LatencyBackend):
 # --------------------------------------------------------------------------- private helpers
 
 
-@dataclass
-class PartialStore:
-    """Finished entries of one run, rewritten atomically after each (a kill loses nothing).
-
-    It lives in ``<out>/.partial/<name>.json``; one whose header does not match is ignored (it
-    belongs to other settings), and an unreadable one is treated as empty: it is only a cache.
-    """
-
-    directory: Path | None
-    name: str
-    header: dict[str, Any]
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        path = self.path
-        if path is None or not path.exists():
-            return
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return
-        if not isinstance(data, dict) or data.get("header") != self.header:
-            return
-        if isinstance(data.get("entries"), dict):
-            self.entries.update(data["entries"])
-        if isinstance(data.get("extra"), dict):
-            self.extra.update(data["extra"])
-
-    @property
-    def path(self) -> Path | None:
-        return (
-            None if self.directory is None else self.directory / PARTIAL_DIR / f"{self.name}.json"
-        )
-
-    def save(self) -> None:
-        if self.path is not None:
-            text = json.dumps({"header": self.header, "entries": self.entries, "extra": self.extra})
-            atomic_write_text(self.path, text)
-
-    def remove(self) -> None:
-        if self.path is None:
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        with contextlib.suppress(OSError):
-            self.path.parent.rmdir()  # only when empty
-
-
 def _entry_key(segment: Any, option: Any) -> EntryKey:
     return (segment.start, segment.end, option.kernel, option.depthwise, option.stride)
-
-
-def _table_entry(segment: Any, option: Any, record: dict[str, Any]) -> TableEntry:
-    return TableEntry(
-        *_entry_key(segment, option),
-        kept_convs=option.kept_convs,
-        latency_ms=float(record["latency_ms"]),
-        latency_spread_ms=float(record["latency_spread_ms"]),
-    )
-
-
-def _key_text(key: EntryKey) -> str:
-    start, end, kernel, depthwise, stride = key
-    return f"{start},{end},{kernel},{int(depthwise)},{stride}"
-
-
-def _geometry_text(geometry: dict[str, int], activation: str) -> str:
-    return json.dumps({**geometry, "activation": activation}, sort_keys=True)
 
 
 def _select(items: list[Any], entries: Collection[EntryKey] | int | None) -> list[Any]:
@@ -706,52 +572,31 @@ def _select(items: list[Any], entries: Collection[EntryKey] | int | None) -> lis
     return chosen
 
 
-def _read_finished(
-    directory: Path, chain: Chain, meta: dict[str, Any]
-) -> tuple[TableEntry, ...] | None:
-    """The finished latency table when it is the one meta.json records, intact and complete."""
-    path = directory / "latency.csv"
-    if not path.is_file() or meta.get("latency_csv_digest") != file_digest(path):
-        return None  # written by other settings, or edited since: measured again, never used
-    try:
-        tables = read_tables(directory, require_importance=False)
-    except TableMismatchError:
-        return None  # a damaged table is measured again, never used
-    order = [_entry_key(s, o) for s in find_segments(chain) for o in s.options]
-    latency = {e.key: e for e in tables.entries if not e.is_removal}
-    if set(latency) != set(order):
-        return None
-    if not all(math.isfinite(e.latency_ms) and e.latency_ms > 0 for e in latency.values()):
-        return None
-    return tuple(latency[key] for key in order)  # the order a fresh run returns
-
-
 def _latency_meta(
-    bundle: ModelBundle,
-    chain: Chain,
+    family: ModelFamily,
+    bundle: Any,
+    traced: Any,
     config: LatencyConfig,
     key: str,
-    entries: tuple[TableEntry, ...],
+    fields: dict[str, Any],
+    entries: list[TableEntry],
     network: dict[str, Any] | None,
 ) -> dict[str, Any]:
     singles = [e for e in entries if e.end - e.start == 1 and e.keeps_all_convs]
     table_ms = float(sum(e.latency_ms for e in singles))
     network_ms = float(network["median_ms"]) if network else None
     return {
-        "model": bundle.name,
-        "width": bundle.width,
-        "input_size": bundle.input_size,
-        "input_shape": list(chain.input_shape),
+        **fields,
+        "family": family.name,
         "batch": config.batch,
         "backend": config.backend,
         "device": config.device,
         "threads": config.threads,
         "min_run_time_s": config.min_run_time,
         "warmup_runs": config.warmup_runs,
-        "activation": chain.default_activation or "relu",
         "versions": library_versions(),
         "cpu": cpu_model(),
-        "chain_digest": chain.digest(),
+        "chain_digest": traced.digest(),
         "weights_digest": bundle.weights_digest,
         "latency_key": key,
         "latency_entries": len(entries),
@@ -839,15 +684,3 @@ def _export_onnx(module: nn.Module, example: torch.Tensor) -> bytes:
                     f"cannot export {type(module).__name__} to ONNX: {type(exc).__name__}: {exc}"
                 ) from exc
     return buffer.getvalue()
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads, restoring the caller's setting afterwards."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

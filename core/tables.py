@@ -37,6 +37,7 @@ __all__ = [
     "MANIFEST_FIELDS",
     "file_digest",
     "read_importance_csv",
+    "read_latency_csv",
     "check_tables",
     "manifest_entry",
     "write_manifest",
@@ -442,5 +443,27 @@ def read_importance_csv(path: str | Path) -> tuple[TableEntry, ...]:
             importance=_float(row, "importance", path, line),
             delta_acc=_float(row, "delta_acc", path, line),
             delta_loss=_float(row, "delta_loss", path, line),
+        )
+    return tuple(entries.values())
+
+
+def read_latency_csv(path: str | Path) -> tuple[TableEntry, ...]:
+    """Read ``latency.csv`` on its own; its removal rows are identity segments (latency 0).
+
+    Raises:
+        TableMismatchError: the file is missing or corrupt, or repeats a key.
+    """
+    path = Path(path)
+    entries: dict[EntryKey, TableEntry] = {}
+    for line, row in enumerate(_read_csv(path, LATENCY_COLUMNS), start=2):
+        key, kept = _key_from_row(row, path, line)
+        if key in entries:
+            raise TableMismatchError(f"{path} line {line}: duplicate key {key}")
+        entries[key] = TableEntry(
+            *key,
+            kept_convs=kept,
+            latency_ms=_float(row, "latency_ms", path, line),
+            latency_spread_ms=_float(row, "latency_spread_ms", path, line),
+            identity_segment=key[2] == 0,
         )
     return tuple(entries.values())

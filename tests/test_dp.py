@@ -527,8 +527,7 @@ def test_diffusion_tables_score_minus_the_epsilon_loss_delta() -> None:
         unet_entry(0, 2, [1, 2], 1.5, 0.25),
         _as_identity(unet_entry(1, 2, [], 0.0, 1.0)),
     ]
-    tables = _make_tables(entries, base_loss=6.0)
-    tables.meta["importance_kind"] = "epsilon_loss"
+    tables = _make_tables(entries, importance_base_loss=6.0)
     scale = dp.objective_scale(tables)
     assert (scale.metric, scale.reference, scale.original) == ("epsilon_loss", 0.0, 6.0)
     merged = dp.solve(tables, budget_ms=1.5)

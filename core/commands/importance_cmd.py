@@ -1,15 +1,21 @@
-"""``python -m core importance MODEL --data SPEC --out DIR``: the importance table."""
+"""``python -m core importance MODEL --data SPEC --out DIR``: the importance table.
+
+Every model family goes through :func:`core.workflows.tables.importance`: the options are passed
+as they are, the family turns them into its settings and refuses those that do not apply.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import asdict
 from typing import Any
 
-from core.chain import trace_chain
-from core.commands import diffusion_cmd
-from core.commands.common import add_model_arguments, load_model, progress_printer
-from core.commands.diffusion_cmd import is_diffusion
-from core.importance import MODES, NORMALIZATIONS, ImportanceConfig, estimate_importance
+from core.commands.common import add_model_arguments, progress_printer
+from core.importance import MODES, NORMALIZATIONS
+from core.runner import Runner
+from core.tables import TableEntry
+from core.workflows import tables
 
 __all__ = ["add_parser", "run", "format_text"]
 
@@ -72,7 +78,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration-images",
         type=int,
-        default=256,
+        default=None,
         help="holdout images whose logits distortion mode compares (default 256)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the entries' finetunes")
@@ -86,61 +92,58 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if is_diffusion(args):
-        return diffusion_cmd.importance(args)
-    config = ImportanceConfig(
-        mode=args.mode,
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        normalization=args.normalization,
-        reinit_single=args.reinit_single,
-        eval_images=args.eval_images,
-        calibration_images=args.calibration_images,
-        seed=args.seed,
-        data_seed=args.data_seed,
-    )
-    bundle = load_model(args)
-    chain = trace_chain(bundle.model, bundle.input_size)
-    table = estimate_importance(
-        bundle,
-        chain,
-        args.data,
-        config,
+    settings = {
+        "mode": args.mode,
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "normalization": args.normalization,
+        "reinit_single": args.reinit_single or None,
+        "eval_images": args.eval_images,
+        "calibration_images": args.calibration_images,
+        "seed": args.seed,
+        "data_seed": args.data_seed,
+    }
+    result = tables.importance(
+        args.model,
+        data=args.data,
+        weights=args.weights,
+        width=args.width,
+        input_size=args.input_size,
         out=args.out,
-        jobs=args.jobs,
-        cluster=args.cluster,
-        threads=args.threads,
+        settings=settings,
+        runner=Runner(processes=args.jobs, cluster=args.cluster, threads=args.threads),
         progress=progress_printer("importance"),
     )
-    meta = table.meta
-    ranked = sorted(table.entries, key=lambda e: e.importance)
+    meta = result.meta
     return {
         "out": args.out,
-        "model": bundle.name,
-        "weights": bundle.weights_note,
+        "model": result.model,
+        "family": result.family,
+        "notes": asdict(result.notes),
+        "weights": result.weights_note,
         "data": meta.get("data"),
         "mode": meta.get("importance_mode"),
         "normalization": meta.get("importance_normalization"),
         "settings": meta.get("importance_settings"),
         "runner": meta.get("importance_runner"),
-        "entries": len(table.entries),
-        "computed": table.computed,
-        "cached": table.cached,
-        "networks_trained": table.networks_trained,
-        "seconds": round(table.seconds, 2),
+        "entries": len(result.entries),
+        "computed": result.computed,
+        "cached": result.cached,
+        "networks_trained": result.networks_trained,
+        "seconds": round(result.seconds, 2),
         "base_accuracy": meta.get("importance_base_accuracy"),
         "base_loss": meta.get("importance_base_loss"),
-        "least_important": [_row(e) for e in ranked[:5]],
+        "reference_loss": meta.get("importance_reference_loss"),
+        "least_important": [_row(e) for e in result.least_important()],
     }
 
 
 def format_text(result: dict[str, Any]) -> str:
-    if result.get("kind") == "diffusion":
-        return diffusion_cmd.format_importance(result)
     settings = result.get("settings") or {}
+    label = f" ({result['notes']['model']})" if result["notes"]["model"] else ""
     lines = [
-        f"{result['model']} on {result['data']}: {result['mode']} importance "
+        f"{result['model']}{label} on {result['data']}: {result['mode']} importance "
         f"({result['normalization']}), {result['runner']}",
         f"  {result['weights']}",
     ]
@@ -149,25 +152,34 @@ def format_text(result: dict[str, Any]) -> str:
             f"  {settings.get('steps')} steps of batch {settings.get('batch_size')} at lr "
             f"{settings.get('lr'):.4g} per entry"
         )
-    base = result.get("base_accuracy")
-    if base is not None:
-        lines.append(f"  unmodified network: {base:.2f}% accuracy, loss {result['base_loss']:.4f}")
+    base_accuracy, base_loss = result.get("base_accuracy"), result.get("base_loss")
+    if base_accuracy is not None:
+        lines.append(f"  unmodified network: {base_accuracy:.2f}% accuracy, loss {base_loss:.4f}")
+    elif base_loss is not None:
+        lines.append(f"  unmodified network: loss {base_loss:.4f}")
+    reference = result.get("reference_loss")
+    if reference is not None and base_loss is not None and reference != base_loss:
+        lines.append(f"  Δ measured against the original finetuned alike: loss {reference:.4f}")
     lines.append(
         f"  {result['entries']} entries: {result['computed']} computed now "
         f"({result['networks_trained']} networks), {result['cached']} from earlier runs, in "
         f"{result['seconds']:.1f} s"
     )
     for r in result["least_important"]:
+        delta = (
+            f"Δacc {r['delta_acc']:+.2f} pp"
+            if r["delta_acc"] is not None
+            else f"Δloss {r['delta_loss']:+.4f}"
+        )
         lines.append(
             f"  least important ({r['start']},{r['end']}] kernel {r['kernel']}"
-            f"{' dw' if r['depthwise'] else ''}: importance {r['importance']:.4f} "
-            f"(Δacc {r['delta_acc']:+.2f} pp)"
+            f"{' dw' if r['depthwise'] else ''}: importance {r['importance']:.4f} ({delta})"
         )
     lines.append(f"importance table written to {result['out']}")
     return "\n".join(lines)
 
 
-def _row(entry: Any) -> dict[str, Any]:
+def _row(entry: TableEntry) -> dict[str, Any]:
     start, end, kernel, depthwise, stride = entry.key
     return {
         "start": start,
@@ -177,6 +189,10 @@ def _row(entry: Any) -> dict[str, Any]:
         "stride": stride,
         "kept_convs": list(entry.kept_convs),
         "importance": entry.importance,
-        "delta_acc": entry.delta_acc,
-        "delta_loss": entry.delta_loss,
+        "delta_acc": _finite(entry.delta_acc),  # a UNet has no accuracy: None, not NaN
+        "delta_loss": _finite(entry.delta_loss),
     }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,21 +1,24 @@
-"""``python -m core profile MODEL --out DIR``: the latency table, measured on this machine."""
+"""``python -m core profile MODEL --out DIR``: the latency table, measured on this machine.
+
+Every model family goes through :func:`core.workflows.tables.profile`; what a family words
+differently (a UNet's identity upsamples, what its table leaves out) comes in the result's notes.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from typing import Any
 
-from core.chain import trace_chain
-from core.commands import diffusion_cmd
-from core.commands.common import add_model_arguments, load_model, progress_printer
-from core.commands.diffusion_cmd import is_diffusion
+from core.commands.common import add_model_arguments, progress_printer
 from core.latency import (
     DEFAULT_MIN_RUN_TIME_S,
     DEVICES,
     LatencyConfig,
     list_backends,
-    measure_latency,
 )
+from core.tables import TableEntry
+from core.workflows import tables
 
 __all__ = ["add_parser", "run", "format_text"]
 
@@ -57,8 +60,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if is_diffusion(args):
-        return diffusion_cmd.profile(args)
     config = LatencyConfig(
         batch=args.batch,
         backend=args.backend,
@@ -67,63 +68,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         min_run_time=args.min_run_time,
         network=not args.no_network,
     )
-    bundle = load_model(args)
-    chain = trace_chain(bundle.model, bundle.input_size)
-    table = measure_latency(
-        bundle, chain, config, out=args.out, progress=progress_printer("profile")
+    result = tables.profile(
+        args.model,
+        weights=args.weights,
+        width=args.width,
+        input_size=args.input_size,
+        out=args.out,
+        config=config,
+        progress=progress_printer("profile"),
     )
-    meta = table.meta
+    meta = result.meta
     return {
         "out": args.out,
-        "model": bundle.name,
-        "width": bundle.width,
-        "input_size": bundle.input_size,
+        "model": result.model,
+        "family": result.family,
+        "notes": asdict(result.notes),
+        "width": meta["width"],
+        "input_size": meta["input_size"],
+        "input_shape": meta["input_shape"],
         "batch": meta["batch"],
         "backend": meta["backend"],
         "device": meta["device"],
         "threads": meta["threads"],
         "cpu": meta.get("cpu"),
-        "entries": len(table.entries),
-        "computed": table.computed,
-        "cached": table.cached,
-        "measured_geometries": table.measured_geometries,
-        "seconds": round(table.seconds, 2),
+        "entries": len(result.entries),
+        "identity_entries": result.identity_entries,
+        "computed": result.computed,
+        "cached": result.cached,
+        "measured_geometries": result.measured_geometries,
+        "seconds": round(result.seconds, 2),
         "original_table_latency_ms": meta.get("original_table_latency_ms"),
         "network_latency_ms": meta.get("network_latency_ms"),
         "additivity_error": meta.get("additivity_error"),
-        "slowest": slowest_rows(table.entries),
+        "slowest": [_row(e) for e in result.slowest()],
     }
 
 
-def slowest_rows(entries: Any, count: int = 5) -> list[dict[str, Any]]:
-    """The ``count`` slowest entries, keyed like the table's rows (CNN and UNet tables alike)."""
-    slowest = sorted(entries, key=lambda e: -e.latency_ms)[:count]
-    return [
-        {
-            **dict(zip(("start", "end", "kernel", "depthwise", "stride"), e.key, strict=True)),
-            "latency_ms": e.latency_ms,
-        }
-        for e in slowest
-    ]
-
-
 def format_text(result: dict[str, Any]) -> str:
-    if result.get("kind") == "diffusion":
-        return diffusion_cmd.format_profile(result)
+    notes = result["notes"]
+    label = f" ({notes['model']})" if notes["model"] else ""
+    identity = result["identity_entries"]
+    identity_text = f" (identity segments, at 0 ms: {identity})" if identity else ""
     lines = [
-        f"{result['model']} at {result['input_size']}x{result['input_size']}, batch "
+        f"{result['model']}{label} at {result['input_size']}x{result['input_size']}, batch "
         f"{result['batch']}, {result['backend']} on {result['device']} with {result['threads']} "
         f"threads ({result['cpu']})",
-        f"  {result['entries']} entries: {result['computed']} measured now "
-        f"({result['measured_geometries']} distinct convs), {result['cached']} from earlier runs, "
-        f"in {result['seconds']:.1f} s",
+        f"  {result['entries']} entries{identity_text}: {result['computed']} measured now "
+        f"({result['measured_geometries']} distinct convs), {result['cached']} from earlier "
+        f"runs, in {result['seconds']:.1f} s",
         f"  keep-everything table latency: {result['original_table_latency_ms']:.3f} ms",
     ]
     network = result.get("network_latency_ms")
     if network is not None:
+        left_out = f"; {notes['latency']}" if notes["latency"] else ""
         lines.append(
-            f"  whole network measured: {network:.3f} ms; additivity error "
-            f"{result['additivity_error']:+.1%} (table sum vs network)"
+            f"  whole {notes['network']} measured: {network:.3f} ms; additivity error "
+            f"{result['additivity_error']:+.1%} (table sum vs {notes['network']}{left_out})"
         )
     for s in result["slowest"]:
         lines.append(
@@ -132,3 +132,9 @@ def format_text(result: dict[str, Any]) -> str:
         )
     lines.append(f"latency table written to {result['out']}")
     return "\n".join(lines)
+
+
+def _row(entry: TableEntry) -> dict[str, Any]:
+    """One slow entry, keyed like the table's rows."""
+    keys = ("start", "end", "kernel", "depthwise", "stride")
+    return {**dict(zip(keys, entry.key, strict=True)), "latency_ms": entry.latency_ms}

@@ -44,6 +44,7 @@ from core.solution import Solution
 __all__ = [
     "ModelFamily",
     "TaskInfo",
+    "TableNotes",
     "register_family",
     "unregister_family",
     "family_for",
@@ -116,6 +117,20 @@ class FinetunedWeights:
     path: Path  # the file read
     status: str | None  # how the run stood, for people ("completed at step 4/4")
     metrics: Mapping[str, Any]  # the run's figures, carried into the compressed checkpoint
+
+
+@dataclass(frozen=True)
+class TableNotes:
+    """Family-specific words in the tables' outputs (CLI text, pages): data, never a branch.
+
+    ``model`` follows a model's name (``diffusion UNet``); ``network`` names what the whole-network
+    timing runs (``UNet``); ``latency`` says what that timing is and what the latency table leaves
+    out of it.
+    """
+
+    model: str = ""
+    network: str = "network"
+    latency: str = ""
 
 
 class ModelFamily(abc.ABC):
@@ -362,6 +377,67 @@ class ModelFamily(abc.ABC):
     ) -> dict[str, Any]:
         """Measurements beside the speed table (a UNet's sampling time), as JSON-able fields."""
         return {}
+
+    # ------------------------------------------------------------------ tables
+    # What the latency and importance tables need to know about a family; the table store, the
+    # entry runner and the tables workflow are written once against these.
+    table_notes: ClassVar[TableNotes] = TableNotes()
+    latency_devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # where its tables are timed
+
+    @abc.abstractmethod
+    def table_fields(self, bundle: Any, traced: Any) -> dict[str, Any]:
+        """What a table's meta.json records about the model (JSON-able).
+
+        At least ``model``, ``width``, ``input_size``, ``input_shape`` and ``activation`` (what
+        every timed entry ends with: part of the latency cache key), plus any family extras.
+        """
+
+    def scored_segments(self, traced: Any) -> tuple[Segment, ...]:
+        """The segments and options the importance table scores; by default :meth:`segments`.
+
+        A family whose layer-only baseline removes single convs adds those removals here.
+        """
+        return self.segments(traced)
+
+    @abc.abstractmethod
+    def latency_geometry(self, traced: Any, segment: Segment, option: Any) -> dict[str, Any]:
+        """What the merged network runs for one table entry that is not a removal, as JSON.
+
+        Entries with equal geometries are timed once: the geometry is the timing's cache key,
+        and all a worker needs to build the module (:meth:`latency_module`). A removal option
+        of :meth:`segments` is an identity segment: nothing runs, its latency is 0.
+        """
+
+    @abc.abstractmethod
+    def latency_module(self, geometry: dict[str, Any]) -> tuple[nn.Module, tuple[int, ...]]:
+        """The module ``geometry`` describes, with seeded random weights, in eval mode, and the
+        shape of one input sample (the batch is the latency config's)."""
+
+    def timed_network(self, model: nn.Module) -> nn.Module:
+        """The whole network as the latency table times it: one tensor in, one tensor out."""
+        return model
+
+    @abc.abstractmethod
+    def importance_config(self, **options: Any) -> Any:
+        """This family's importance settings from the generic options (None: its default).
+
+        Options are named as :class:`core.importance.ImportanceConfig`'s fields (``mode``,
+        ``steps``, ``lr``, ``batch_size``, ``normalization``, ``reinit_single``,
+        ``eval_images``, ``calibration_images``, ``seed``, ``data_seed``, ...).
+
+        Raises:
+            LayerMergeError: an option that does not apply to this family, or a bad value.
+        """
+
+    @abc.abstractmethod
+    def importance_estimator(self, mode: str) -> type:
+        """The :class:`core.importance.ImportanceEstimator` subclass that scores ``mode``."""
+
+    @abc.abstractmethod
+    def recipe(self, bundle: Any, *, portable: bool = False) -> Any:
+        """What a worker process needs to rebuild ``bundle``: small, picklable, with ``build()``
+        (which checks the weights digest). ``portable`` carries the weights as bytes, for
+        workers that cannot read this machine's files."""
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -192,7 +192,7 @@ def test_profile_and_importance_write_a_table_directory_the_tables_reader_reads(
     assert any(e.kernel == 0 and e.identity_segment for e in read.entries)  # identity upsample
     assert all(0 < e.importance <= 1.5 for e in read.entries)
     meta = read.meta
-    assert meta["kind"] == "diffusion" and meta["batch"] == 2 and meta["model"] == tiny
+    assert meta["family"] == "unet" and meta["batch"] == 2 and meta["model"] == tiny
     assert manifest_entry(tables)["has_importance"]
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from core.__main__ import main
 from core.dp import frontier, restricted_tables, solve
 from core.families.unet.chain import trace_unet, unet_segments
 from core.families.unet.data import load_diffusion_digits
@@ -23,8 +24,9 @@ from core.families.unet.unet import (
     unet_from_config,
     unet_state_digest,
 )
+from core.importance import estimate_importance
 from core.latency import LatencyConfig
-from core.tables import TableEntry, read_tables
+from core.tables import TableEntry, read_importance_csv, read_meta, read_tables
 
 FAST = LatencyConfig(batch=2, min_run_time=0.01, warmup_runs=0, threads=1)
 
@@ -63,8 +65,9 @@ def test_every_entry_is_in_both_tables(unet_tables) -> None:
     assert all(e.latency_ms == 0.0 for e in identity)
     assert all(e.latency_ms > 0 for e in tables.entries if not e.is_removal)
     assert all(math.isfinite(e.importance) and e.importance > 0 for e in tables.entries)
-    assert tables.meta["kind"] == "diffusion"
-    assert tables.meta["importance_kind"] == "epsilon_loss"
+    assert tables.meta["family"] == "unet"
+    assert tables.meta["importance_mode"] == "finetune"
+    assert tables.meta["importance_normalization"] == "loss"
     assert tables.meta["original_table_latency_ms"] > 0
     assert tables.meta["network_latency_ms"] > 0
 
@@ -134,18 +137,59 @@ def test_a_killed_importance_run_resumes_and_gives_the_same_table(tmp_path) -> N
     config = UNetImportanceConfig(steps=1, holdout_images=16)
     calls = []
 
-    def stop_after_three(done: int, total: int, eta: float | None) -> None:
+    def stop_after_two_runs(done: int, total: int, eta: float | None) -> None:
         calls.append(done)
-        if done == 3:
+        if len(calls) == 3:  # the call at the start, then one per finished run
             raise KeyboardInterrupt  # what Ctrl-C or a killed worker looks like to the caller
 
     with pytest.raises(KeyboardInterrupt):
-        estimate_unet_importance(
-            bundle, uchain, data, config, out=tmp_path, progress=stop_after_three
+        estimate_importance(
+            bundle, uchain, data, config, out=tmp_path, progress=stop_after_two_runs
         )
     assert not (tmp_path / "importance.csv").exists()
-    resumed, meta = estimate_unet_importance(bundle, uchain, data, config, out=tmp_path)
-    assert meta["importance_resumed_runs"] == 3
+    resumed = estimate_importance(bundle, uchain, data, config, out=tmp_path)
+    assert resumed.cached == calls[-1] > 0 and resumed.computed == len(resumed.entries) - calls[-1]
+    assert resumed.networks_trained == resumed.meta["importance_networks"] - 2
     assert not (tmp_path / ".partial").exists()  # removed once the table is written
-    fresh, _ = estimate_unet_importance(bundle, uchain, data, config)
-    assert [(e.key, e.importance) for e in resumed] == [(e.key, e.importance) for e in fresh]
+    fresh = estimate_importance(bundle, uchain, data, config)
+    assert [(e.key, e.importance) for e in resumed.entries] == [
+        (e.key, e.importance) for e in fresh.entries
+    ]
+    again = estimate_importance(bundle, uchain, data, config, out=tmp_path)
+    assert (again.computed, again.networks_trained) == (0, 0)  # read back, nothing run
+
+
+@pytest.mark.slow
+def test_unet_importance_on_a_dask_cluster_equals_the_one_in_this_process(tmp_path, capsys) -> None:
+    distributed = pytest.importorskip("distributed")
+    args = ["importance", "digits_unet", "--data", "digits", "--steps", "1", "--eval-images", "16"]
+    args += ["--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "here")]) == 0
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert main([*args, "--out", str(tmp_path / "there"), "--cluster", address]) == 0
+    capsys.readouterr()
+    here = read_importance_csv(tmp_path / "here" / "importance.csv")
+    there = read_importance_csv(tmp_path / "there" / "importance.csv")
+    assert [(e.key, e.importance, e.delta_loss) for e in there] == [
+        (e.key, e.importance, e.delta_loss) for e in here
+    ]
+    meta = read_meta(tmp_path / "there")
+    assert meta["importance_runner"] == f"dask:{address}" and meta["family"] == "unet"
+    assert meta["importance_settings"]["steps"] == 1
+
+
+def test_unet_options_that_do_not_apply_are_refused_in_one_line(tmp_path, capsys) -> None:
+    base = ["importance", "digits_unet", "--data", "digits", "--out", str(tmp_path)]
+    for extra, message in (
+        (["--mode", "distortion"], "--mode distortion is not supported"),
+        (["--reinit-single"], "--reinit-single is not supported"),
+        (["--calibration-images", "16"], "--calibration-images is not supported"),
+        (["--normalization", "acc"], "--normalization acc is not supported"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "importance.csv").exists()

@@ -236,3 +236,53 @@ class ClassifierFamily(ModelFamily):
                 f"{tuple(traced.input_shape)}; pass the same --input-size"
             )
         return network
+
+    # ------------------------------------------------------------------ tables
+    def table_fields(self, bundle: ModelBundle, traced: Chain) -> dict[str, Any]:
+        return {
+            "model": bundle.name,
+            "width": bundle.width,
+            "input_size": bundle.input_size,
+            "input_shape": list(traced.input_shape),
+            "activation": traced.default_activation or "relu",
+        }
+
+    def scored_segments(self, traced: Chain) -> tuple[Segment, ...]:
+        # the layer-only baseline removes single convs: their removals are scored too
+        return find_segments(traced, include_removals=True)
+
+    def latency_geometry(self, traced: Chain, segment: Segment, option: Any) -> dict[str, Any]:
+        from core.segments import segment_geometry
+
+        geometry = segment_geometry(traced, segment.start, segment.end, option.kept_convs)
+        return {**geometry, "activation": traced.default_activation or "relu"}
+
+    def latency_module(self, geometry: dict[str, Any]) -> tuple[nn.Module, tuple[int, ...]]:
+        from core.latency import merged_conv_module
+
+        shape = (geometry["in_channels"], geometry["input_height"], geometry["input_width"])
+        return merged_conv_module(geometry, geometry["activation"]), shape
+
+    def importance_config(self, **options: Any) -> Any:
+        from dataclasses import fields
+
+        from core.importance import ImportanceConfig
+
+        known = {f.name for f in fields(ImportanceConfig)} - {"version"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise LayerMergeError(f"unknown importance options {unknown} for a classifier")
+        return ImportanceConfig(**{k: v for k, v in options.items() if v is not None})
+
+    def importance_estimator(self, mode: str) -> type:
+        from core.importance import DistortionEstimator, FinetuneEstimator
+
+        estimators = {e.mode: e for e in (FinetuneEstimator, DistortionEstimator)}
+        if mode not in estimators:
+            raise LayerMergeError(f"mode must be one of {', '.join(estimators)}, got {mode!r}")
+        return estimators[mode]
+
+    def recipe(self, bundle: ModelBundle, *, portable: bool = False) -> Any:
+        from core.importance import ModelRecipe
+
+        return ModelRecipe.from_bundle(bundle, portable=portable)

@@ -23,6 +23,7 @@ from core.families.base import (
     FinetuneReport,
     FinetuneRun,
     ModelFamily,
+    TableNotes,
     TaskInfo,
     register_family,
 )
@@ -295,3 +296,76 @@ class UNetFamily(ModelFamily):
         from core.families.unet.workflow import measure_extra
 
         return measure_extra(config, original, compressed, threads=threads)
+
+    # ------------------------------------------------------------------ tables
+    table_notes = TableNotes(
+        model="diffusion UNet",
+        network="UNet",
+        latency="one denoising step; the table leaves out attention, norm1, skips, the time MLP "
+        "and conv_in/conv_out",
+    )
+    # UNet tables have only been measured on CPUs: a CUDA timing would be untested numbers
+    latency_devices = ("cpu",)
+
+    def table_fields(self, bundle: UNetBundle, traced: UNetChain) -> dict[str, Any]:
+        return {
+            "model": bundle.name,
+            "width": 1.0,
+            "input_size": bundle.input_size,
+            "input_shape": list(traced.chain.input_shape),
+            "activation": "groupnorm_silu",  # what a ResnetBlock2D's removable activation is
+            "unet_config": traced.config,
+        }
+
+    def latency_geometry(self, traced: UNetChain, segment: Segment, option: Any) -> dict[str, Any]:
+        from core.families.unet.latency import entry_geometry
+
+        return entry_geometry(traced, segment, option)
+
+    def latency_module(self, geometry: dict[str, Any]) -> tuple[nn.Module, tuple[int, ...]]:
+        from core.families.unet.latency import geometry_module
+
+        return geometry_module(geometry)
+
+    def timed_network(self, model: nn.Module) -> nn.Module:
+        from core.families.unet.latency import UNetForward
+
+        # the wrapper takes the UNet's mode, so timing (eval, then restore) leaves it as it was
+        return UNetForward(model).train(model.training)
+
+    def importance_config(self, **options: Any) -> Any:
+        from core.families.unet.importance import UNetImportanceConfig
+
+        refused = {
+            "reinit_single": "re-initialising single layers is the classifiers' convention",
+            "calibration_images": "it belongs to distortion mode",
+            "momentum": "the UNet's importance finetunes with Adam",
+            "weight_decay": "the UNet's importance finetunes with Adam",
+            "channels_last": "it applies to classifiers",
+        }
+        for name, why in refused.items():
+            if options.get(name) not in (None, False):
+                flag = name.replace("_", "-")
+                raise LayerMergeError(f"--{flag} is not supported for diffusion UNets: {why}")
+        names = {"eval_images": "holdout_images"}
+        known = {"mode", "steps", "lr", "batch_size", "normalization", "seed", "data_seed"}
+        unknown = sorted(set(options) - known - set(names) - set(refused))
+        if unknown:
+            raise LayerMergeError(f"unknown importance options {unknown} for a diffusion UNet")
+        settings = {names.get(k, k): v for k, v in options.items() if k not in refused}
+        return UNetImportanceConfig(**{k: v for k, v in settings.items() if v is not None})
+
+    def importance_estimator(self, mode: str) -> type:
+        from core.families.unet.importance import EpsilonLossEstimator
+
+        if mode != EpsilonLossEstimator.mode:
+            raise LayerMergeError(
+                f"--mode {mode} is not supported for diffusion UNets: their entries are scored "
+                "by the ε-loss of briefly finetuned networks (finetune)"
+            )
+        return EpsilonLossEstimator
+
+    def recipe(self, bundle: UNetBundle, *, portable: bool = False) -> Any:
+        from core.families.unet.importance import UNetRecipe
+
+        return UNetRecipe.from_bundle(bundle)  # weights travel as bytes: no folder needed

@@ -1,0 +1,232 @@
+"""The tables workflow: a model's latency table and importance table, for every model family.
+
+``profile`` and ``importance`` are what ``python -m core profile`` / ``importance`` and the app's
+Tables page run. Each finds MODEL's family, loads and traces the model through it, and runs the one
+pipeline (:func:`core.latency.measure_latency`, :func:`core.importance.estimate_importance`):
+resumable, cached by content, cancellable. They return frozen dataclasses; what a family words
+differently (a UNet's "whole UNet (one denoising step)") travels in their ``notes``.
+
+Example:
+    >>> result = profile("digits_resnet", out="tables/digits", config=LatencyConfig(batch=64))
+    >>> result.meta["additivity_error"]  # doctest: +SKIP
+    -0.30
+    >>> importance("digits_resnet", data="digits", out="tables/digits").complete  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import LayerMergeError
+from core.families import ModelFamily, TableNotes, family_for
+from core.importance import estimate_importance
+from core.latency import LatencyConfig, measure_latency
+from core.runner import ProgressCallback, Runner
+from core.tables import TableEntry
+
+__all__ = ["LatencyResult", "ImportanceResult", "load_traced", "profile", "importance"]
+
+Weights = str | Path | Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """A latency table and what the run did (see :class:`core.latency.LatencyTable`).
+
+    ``meta`` is the table directory's meta.json after the run (the run's own when ``out`` is
+    None); ``complete`` is False when the run was cancelled (no table written).
+    """
+
+    model: str
+    family: str
+    notes: TableNotes
+    weights_note: str
+    out: str | None
+    entries: tuple[TableEntry, ...]
+    meta: dict[str, Any]
+    computed: int
+    cached: int
+    measured_geometries: int
+    seconds: float
+    complete: bool
+    cancelled: bool
+
+    @property
+    def identity_entries(self) -> int:
+        """Entries that run nothing (latency 0): removals the network may choose."""
+        return sum(e.identity_segment for e in self.entries)
+
+    def slowest(self, count: int = 5) -> tuple[TableEntry, ...]:
+        return tuple(sorted(self.entries, key=lambda e: -e.latency_ms)[:count])
+
+
+@dataclass(frozen=True)
+class ImportanceResult:
+    """An importance table and what the run did (see :class:`core.importance.ImportanceTable`)."""
+
+    model: str
+    family: str
+    notes: TableNotes
+    weights_note: str
+    out: str | None
+    entries: tuple[TableEntry, ...]
+    meta: dict[str, Any]
+    computed: int
+    cached: int
+    networks_trained: int
+    seconds: float
+    complete: bool
+    cancelled: bool
+
+    def least_important(self, count: int = 5) -> tuple[TableEntry, ...]:
+        return tuple(sorted(self.entries, key=lambda e: e.importance)[:count])
+
+
+def load_traced(
+    model: str,
+    *,
+    weights: Weights = None,
+    width: float = 1.0,
+    input_size: int | None = None,
+) -> tuple[ModelFamily, Any, Any]:
+    """MODEL's family, the model loaded through it (weights read safely) and its traced form.
+
+    Raises:
+        LayerMergeError: an unknown model, bad weights, or a model that cannot run or be traced
+            (torch and diffusers raise RuntimeError on shapes that do not fit: one line).
+    """
+    family = family_for(model)
+    with _one_line(f"cannot build {model}"):
+        bundle = family.load(model, weights=weights, width=width, input_size=input_size)
+    with _one_line(f"cannot trace {model} at its input size"):
+        traced = family.trace(bundle)
+    return family, bundle, traced
+
+
+def profile(
+    model: str,
+    *,
+    weights: Weights = None,
+    width: float = 1.0,
+    input_size: int | None = None,
+    out: str | Path | None = None,
+    config: LatencyConfig | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> LatencyResult:
+    """Measure MODEL's latency table on this machine (and the whole network, for the error).
+
+    Args:
+        model: a registry name, ``module:function``, or any spelling a family claims.
+        weights, width, input_size: as the family's ``load`` takes them (weights do not change a
+            timing, but meta.json records their digest).
+        out: the table directory (``latency.csv``, meta.json, the partial store); None: memory.
+        config: batch, backend, device, threads and timing settings.
+        progress: ``progress(done, total, eta_s)`` in entries; raising stops the run (saved).
+        cancel: when set, the run stops after the timing in progress.
+
+    Raises:
+        LayerMergeError: bad input (model, settings, device, directory); one clear line.
+    """
+    family, bundle, traced = load_traced(model, weights=weights, width=width, input_size=input_size)
+    table = measure_latency(
+        bundle, traced, config, family=family, out=out, progress=progress, cancel=cancel
+    )
+    return LatencyResult(
+        model=bundle.name,
+        family=family.name,
+        notes=family.table_notes,
+        weights_note=bundle.weights_note,
+        out=None if out is None else str(out),
+        entries=table.entries,
+        meta=table.meta,
+        computed=table.computed,
+        cached=table.cached,
+        measured_geometries=table.measured_geometries,
+        seconds=table.seconds,
+        complete=table.complete,
+        cancelled=table.cancelled,
+    )
+
+
+def importance(
+    model: str,
+    *,
+    data: str,
+    weights: Weights = None,
+    width: float = 1.0,
+    input_size: int | None = None,
+    out: str | Path | None = None,
+    settings: Mapping[str, Any] | None = None,
+    runner: Runner | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ImportanceResult:
+    """Score every entry of MODEL by the family's estimator on ``data``.
+
+    Args:
+        model: a registry name, ``module:function``, or any spelling a family claims.
+        data: the ``--data`` spec (``digits``, ``folder:PATH``, ``cifar10:PATH``).
+        weights, width, input_size: as the family's ``load`` takes them.
+        out: the table directory (``importance.csv``, meta.json, the partial store); None: memory.
+        settings: generic importance options (``mode``, ``steps``, ``lr``, ``batch_size``,
+            ``normalization``, ``reinit_single``, ``eval_images``, ``calibration_images``,
+            ``seed``, ``data_seed``); None values take the family's defaults, and an option that
+            does not apply to the family is refused.
+        runner: where entries run (this process, local processes or a dask cluster).
+        progress: ``progress(done, total, eta_s)`` in entries; raising stops the run (saved).
+        cancel: when set, the run stops after the jobs in progress.
+
+    Raises:
+        LayerMergeError: bad input (model, settings, data, directory, cluster); one clear line.
+    """
+    runner = runner or Runner()
+    family, bundle, traced = load_traced(model, weights=weights, width=width, input_size=input_size)
+    config = family.importance_config(**dict(settings or {}))
+    table = estimate_importance(
+        bundle,
+        traced,
+        data,
+        config,
+        family=family,
+        out=out,
+        jobs=runner.processes,
+        cluster=runner.cluster,
+        threads=runner.threads,
+        progress=progress,
+        cancel=cancel,
+    )
+    return ImportanceResult(
+        model=bundle.name,
+        family=family.name,
+        notes=family.table_notes,
+        weights_note=bundle.weights_note,
+        out=None if out is None else str(out),
+        entries=table.entries,
+        meta=table.meta,
+        computed=table.computed,
+        cached=table.cached,
+        networks_trained=table.networks_trained,
+        seconds=table.seconds,
+        complete=table.complete,
+        cancelled=table.cancelled,
+    )
+
+
+@contextlib.contextmanager
+def _one_line(what: str) -> Iterator[None]:
+    """torch and diffusers raise RuntimeError (and friends) on models that do not fit their
+    input or weights: that is bad input, so it becomes one LayerMergeError line."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        if isinstance(exc, LayerMergeError):
+            raise
+        message = " ".join(str(exc).split())[:300]
+        raise LayerMergeError(f"{what}: {type(exc).__name__}: {message}") from exc
