@@ -108,6 +108,24 @@ class FinetuneRun:
     device: str
     figures: Mapping[str, float | None]  # more training figures the summary shows, by key
 
+    @classmethod
+    def of(
+        cls, result: Any, *, network: nn.Module, device: str, figures: Mapping[str, float | None]
+    ) -> FinetuneRun:
+        """The run a loop's own result describes (it has ``status``, ``step``, ``total_steps``,
+        ``resumed_from``, ``loss`` and ``elapsed_s``), with what only the family knows."""
+        return cls(
+            network=network,
+            status=result.status,
+            step=result.step,
+            total_steps=result.total_steps,
+            resumed_from=result.resumed_from,
+            loss=result.loss,
+            elapsed_s=result.elapsed_s,
+            device=device,
+            figures=figures,
+        )
+
 
 @dataclass(frozen=True)
 class FinetunedWeights:
@@ -222,7 +240,9 @@ class ModelFamily(abc.ABC):
     # ------------------------------------------------------------------ task
     @abc.abstractmethod
     def load_data(self, spec: str, bundle: Any, traced: Any, *, seed: int = 0) -> Any:
-        """The data ``spec`` names, shaped for ``bundle``'s model (train/holdout/test splits)."""
+        """The data ``spec`` names, shaped for ``bundle``'s model: its splits (train/holdout/test,
+        as the family's estimators and evaluation read them), ``name`` (the canonical spec) and
+        ``digest`` (a content digest that table cache keys hold)."""
 
     @abc.abstractmethod
     def evaluate(self, network: nn.Module, data: Any) -> dict[str, float]:

@@ -7,8 +7,7 @@ them a classifier uses, so generic code never has to ask whether it holds a CNN.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from core.chain import Chain, trace_chain
 from core.errors import LayerMergeError
 from core.families.base import (
     FinetunedWeights,
-    FinetuneReport,
     FinetuneRun,
     ModelFamily,
     TaskInfo,
@@ -47,14 +45,8 @@ class ClassifierFamily(ModelFamily):
     def claims(self, model: str) -> bool:
         return True  # registry names and module:function; later families claim theirs first
 
-    def load(
-        self,
-        model: str,
-        *,
-        weights: str | Path | Mapping[str, torch.Tensor] | None = None,
-        width: float = 1.0,
-        input_size: int | None = None,
-    ) -> ModelBundle:
+    def load(self, model: str, *, weights=None, width=1.0, input_size=None) -> ModelBundle:
+        """See :meth:`ModelFamily.load`."""
         if ":" not in model and model not in classifier_models():
             names = sorted({*classifier_models(), *family_model_names()})
             raise LayerMergeError(
@@ -179,31 +171,11 @@ class ClassifierFamily(ModelFamily):
 
         return finetune_config(options)
 
-    def finetune(
-        self,
-        bundle: ModelBundle,
-        traced: Chain,
-        training: nn.Module,
-        data: Any,
-        config: Any,
-        *,
-        checkpoint: Path | None,
-        metadata: Mapping[str, Any],
-        progress: Callable[[FinetuneReport], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> FinetuneRun:
+    def finetune(self, bundle, traced, training, data, config, **run: Any) -> FinetuneRun:
+        """See :meth:`ModelFamily.finetune`; ``run`` holds its keywords."""
         from core.families.classifier.workflow import run_finetune
 
-        return run_finetune(
-            bundle,
-            training,
-            data,
-            config,
-            checkpoint=checkpoint,
-            metadata=metadata,
-            progress=progress,
-            cancel=cancel,
-        )
+        return run_finetune(bundle, training, data, config, **run)
 
     def load_finetuned(
         self,
