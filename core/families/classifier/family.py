@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from core.chain import Chain, trace_chain
-from core.errors import LayerMergeError
+from core.errors import DataError, LayerMergeError
 from core.families.base import (
     FinetunedWeights,
     FinetuneRun,
@@ -125,9 +125,9 @@ class ClassifierFamily(ModelFamily):
 
         splits = load_data(spec, input_size=bundle.input_size, seed=seed)
         if splits.num_classes != bundle.num_classes:
-            raise LayerMergeError(
-                f"{splits.name} has {splits.num_classes} classes but {bundle.name} predicts "
-                f"{bundle.num_classes}; give weights trained on this dataset"
+            raise DataError(
+                f"{bundle.name} has {bundle.num_classes} outputs but data {splits.name!r} has "
+                f"{splits.num_classes} classes; give weights trained on this data (--weights)"
             )
         return splits
 
