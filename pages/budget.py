@@ -62,9 +62,11 @@ else:
     current = view.curves[point[0]].points[point[1]].solution(budget)
     state.set_solution(current)
     wanted = [current, *(p.solution for p in pins.pins_of(used))]
-    budget_views.headline(view, current, panel, wanted=wanted)
+    budget_views.headline(
+        view, current, panel, original_depth=len(caches.chain().convs), wanted=wanted
+    )
 
-st.subheader("Speed-up against predicted quality, every method")
+st.subheader(f"Speed-up against {view.quality}, every method")
 try:
     shown = calibration_points(view, used)
 except LayerMergeError as exc:
@@ -87,9 +89,11 @@ st.plotly_chart(
 st.caption(
     f"Each line is a method's exact frontier (DP) on these tables: x is the whole network's "
     f"predicted speed-up, y its predicted {view.quality} (original + ΣΔ over its segments), "
-    "one scale for every method. Click a point to select it; the star is the solution above. "
-    "Markers are measurements: ✕ after surgery alone, ▲ after finetuning (filled: this session; "
-    "open: the shipped calibration run), at the measured speed-up where one was timed."
+    "one scale for every method. Each Δ was measured after a brief finetune, so the lines "
+    "predict a finetuned network. Click a point to select it; the star is the solution above. "
+    "Markers are measurements: ✕ after surgery alone (no finetune), ▲ after finetuning (filled: "
+    "this session; open: the shipped calibration run), at the measured speed-up where one was "
+    "timed."
 )
 if current is not None:
     st.subheader("Pinned solutions")

@@ -29,17 +29,23 @@ def title_case(text: str) -> str:
 
 
 def headline(
-    view: FrontierView, current: Solution, panel: Panel, *, wanted: Sequence[Solution]
+    view: FrontierView,
+    current: Solution,
+    panel: Panel,
+    *,
+    original_depth: int,
+    wanted: Sequence[Solution],
 ) -> None:
-    """The current solution in six numbers: predicted, and measured where this session has it.
+    """The current solution in two rows of numbers: its speed, then its quality.
 
-    ``wanted`` are the solutions to test after surgery, the current one first (pins follow).
+    Each row puts the prediction first and this session's measurements beside it. ``wanted``
+    are the solutions to test after surgery, the current one first (the pins follow).
     """
     quality = view.quality
     speed = measured.speed_of(current, panel)
     predicted_speedup = view.speedup(current.latency_ms)
-    value = view.value_of(current)
-    cols = st.columns(6)
+    depth = merged_depth(current)
+    cols = st.columns(3)
     cols[0].metric(
         "Predicted latency",
         f"{current.latency_ms:.4g} ms",
@@ -54,27 +60,38 @@ def headline(
         f"{predicted_speedup:.2f}×" if math.isfinite(predicted_speedup) else "—",
         f"measured {speed['measured_speedup']:.2f}×" if speed else "not measured",
         delta_color="off",
+        delta_arrow="off",
         help="of the whole network: the layers outside the table are counted as unchanged, "
-        "using the measured network latency in meta.json; measure it below",
+        "using the measured network latency in meta.json; measure it at the bottom of the page",
     )
     cols[2].metric(
+        "Depth (main-path convs)",
+        str(depth),
+        f"{depth - original_depth:+d} vs original",
+        delta_color="off",
+        delta_arrow="off",
+        help="convs on the merged network's main path: one per segment that keeps a conv, plus "
+        "the stem",
+    )
+    cols = st.columns(3)
+    cols[0].metric(
         f"Predicted {quality}",
-        view.format_value(value),
+        view.format_value(view.value_of(current)),
+        "a prediction",
+        delta_color="off",
+        delta_arrow="off",
         help="the original's value plus the sum of the segments' Δ from the importance table; "
         "each Δ was measured after a brief finetune, so this predicts the finetuned network",
     )
-    _surgery_metric(cols[3], view, current, wanted)
+    _surgery_metric(cols[1], view, current, wanted)
     after = measured.finetuned_of(current, panel)
-    cols[4].metric(
+    cols[2].metric(
         f"{title_case(quality)} after finetune",
         view.format_value(after) if after is not None else NOT_MEASURED,
+        "measured" if after is not None else "finetune it on the Finetune page",
+        delta_color="off",
+        delta_arrow="off",
         help="measured by this session's finetune job of this solution (Finetune page)",
-    )
-    cols[5].metric(
-        "Depth (main-path convs)",
-        str(merged_depth(current)),
-        help="convs on the merged network's main path: one per segment that keeps a conv, plus "
-        "the stem",
     )
 
 
@@ -153,12 +170,13 @@ def _surgery_metric(
             "tested in the background on the family's test split"
         )
         if stored is None:
-            st.metric(label, "testing…", "in the background", delta_color="off", help=help_text)
+            value, delta = "testing…", "in the background"
         elif "error" in stored:
-            st.metric(label, "failed", stored["error"][:60], delta_color="off", help=help_text)
+            value, delta = "failed", stored["error"][:60]
         else:
-            delta = f"original {view.format_value(original)}" if original is not None else None
-            st.metric(label, view.format_value(stored["quality"]), delta, delta_color="off")
+            value = view.format_value(stored["quality"])
+            delta = f"measured; the original {view.format_value(original)}"
+        st.metric(label, value, delta, delta_color="off", delta_arrow="off", help=help_text)
 
     with column:
         poll()

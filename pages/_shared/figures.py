@@ -135,9 +135,9 @@ def frontier_figure(
         annotations.append(
             {
                 "x": x,
-                "y": 1,
+                "y": 0,
                 "yref": "paper",
-                "text": f"{label} → within budget",
+                "text": f" {label} → within budget",
                 "showarrow": False,
                 "xanchor": "left",
                 "yanchor": "bottom",

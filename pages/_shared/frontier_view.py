@@ -79,7 +79,7 @@ class FrontierView:
         better = "higher" if self.higher_is_better else "lower"
         unit = f" ({self.unit})" if self.unit else ""
         if self.value_kind == "predicted":
-            return f"predicted {self.quality}{unit}, {better} is better"
+            return f"{self.quality}{unit}: lines predicted, markers measured; {better} is better"
         if self.value_kind == "delta":
             return f"predicted ΣΔ {self.quality} over segments{unit}, signed: higher is better"
         return "objective (sum over segments; no Δ recorded in these tables)"

@@ -76,16 +76,16 @@ def rows(view: FrontierView, panel: Panel, pins: list[Pin]) -> pd.DataFrame:
             {
                 "pin": f"#{number}",
                 "method": item.method,
-                "share of table latency": f"{solution.latency_ms / view.original_ms:.0%}",
-                "predicted ms (table)": f"{solution.latency_ms:.4g}",
-                "measured ms": _or_missing(speed and speed.get("merged_ms"), "{:.4g}"),
-                "predicted speed-up": f"{view.speedup(solution.latency_ms):.2f}×",
-                "measured speed-up": _or_missing(
+                "share": f"{solution.latency_ms / view.original_ms:.0%}",
+                "ms predicted": f"{solution.latency_ms:.4g}",
+                "ms measured": _or_missing(speed and speed.get("merged_ms"), "{:.4g}"),
+                "speed-up predicted": f"{view.speedup(solution.latency_ms):.2f}×",
+                "speed-up measured": _or_missing(
                     speed and speed.get("measured_speedup"), "{:.2f}×"
                 ),
-                "depth (main-path convs)": str(merged_depth(solution)),
+                "depth": str(merged_depth(solution)),
                 "parameters": _surgery_cell(surgery, "params", "{:,}"),
-                f"predicted {quality}": view.format_value(view.value_of(solution)),
+                f"{quality} predicted": view.format_value(view.value_of(solution)),
                 f"{quality} after surgery": _surgery_cell(surgery, "quality", None, view),
                 f"{quality} after finetune": view.format_value(after),
             }

@@ -68,7 +68,8 @@ def test_the_chart_is_predicted_accuracy_against_speed_up_for_every_method(
     budget_page: AppTest,
 ) -> None:
     chart = figure(budget_page, CHART)
-    assert "predicted accuracy" in chart["layout"]["yaxis"]["title"]["text"]
+    y_title = chart["layout"]["yaxis"]["title"]["text"]
+    assert y_title.startswith("accuracy (%)") and "predicted" in y_title
     assert "speed-up" in chart["layout"]["xaxis"]["title"]["text"]
     names = [t["name"] for t in chart["data"]]
     frontiers = [n for n in names if n.endswith("(predicted)")]
