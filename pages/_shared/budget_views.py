@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from core.chain import Chain
 from core.solution import Solution
@@ -144,7 +145,7 @@ def details(solution: Solution, chain: Chain, rows: pd.DataFrame) -> None:
 
 
 def _surgery_metric(
-    column: st.delta_generator.DeltaGenerator,
+    column: DeltaGenerator,
     view: FrontierView,
     current: Solution,
     wanted: Sequence[Solution],

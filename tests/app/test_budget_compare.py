@@ -189,3 +189,38 @@ def test_surgery_jobs_queue_and_never_pile_up(budget_page: AppTest) -> None:
         at.slider(key="budget").set_value(percent).run()
     started = [job for job in registry().running("surgery") if job.id not in before]
     assert len(started) <= 1, [job.title for job in started]
+
+
+def test_select_and_unpin_a_pinned_row(budget_page: AppTest) -> None:
+    at = budget_page
+    at.button(key="pin").click().run()
+    pinned = at.session_state["solution"]
+    at.slider(key="budget").set_value(95).run()
+    at.button(key="pin").click().run()
+    at.selectbox(key="pin_choice").set_value(0).run()
+    at.button(key="pin_show").click().run()
+    assert not at.exception
+    assert solution_key(at.session_state["solution"]) == solution_key(pinned)
+    assert at.slider(key="budget").value <= 60
+    at.button(key="pin_remove").click().run()
+    assert list(pins_table(at)["pin"]) == ["#1"]
+    assert pins_table(at)["share"][0] != f"{pinned.latency_ms / RESNET.original_latency_ms:.0%}"
+
+
+def test_the_sessions_finetune_is_drawn_and_shown(budget_page: AppTest) -> None:
+    at = budget_page
+    at.switch_page("pages/finetune.py").run()
+    at.number_input(key="ft_steps").set_value(3)
+    at.button(key="start_finetune").click().run()
+    job_id = at.session_state["jobs"]["finetune"]
+    wait_until(at, lambda _: registry().get(job_id).status != "running", timeout=300)
+    result = registry().get(job_id).result
+    assert result["status"] == "completed", registry().get(job_id).error
+    at.switch_page("pages/budget.py").run()
+    assert not at.exception, at.exception[0].value if at.exception else ""
+    after = f"{result['after'].accuracy:.2f}%"
+    assert metric(at, "Accuracy after finetune") == after
+    finetuned = trace(at, CHART, "after finetune, measured (this session)")
+    assert finetuned["y"] == pytest.approx([result["after"].accuracy])
+    at.button(key="pin").click().run()
+    assert list(pins_table(at)["accuracy after finetune"]) == [after]
