@@ -9,12 +9,13 @@ import math
 from collections.abc import Sequence
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from core.chain import Chain
 from core.solution import Solution
-from pages._shared import budget_state, jobs_surgery, measured
+from pages._shared import budget_state, jobs_surgery, measured, state
 from pages._shared.chain_figure import chain_figure
 from pages._shared.frontier_view import FrontierView
 from pages._shared.panels import Panel
@@ -132,7 +133,8 @@ def details(solution: Solution, chain: Chain, rows: pd.DataFrame) -> None:
         f"kept activations after positions {_listing(kept)} · "
         f"removed activations at {_listing(removed)} · pruned convs {_listing(pruned)}"
     )
-    st.plotly_chart(chain_figure(chain, solution, height=260), key="solution_chain")
+    picture = _chain_picture(state.choice().key, state.solution_key(solution), chain, solution)
+    st.plotly_chart(picture, key="solution_chain")
     st.dataframe(
         rows,
         hide_index=True,
@@ -152,14 +154,14 @@ def _surgery_metric(
 ) -> None:
     """The measured quality after surgery, from the session's background surgery jobs.
 
-    While a job runs, a fragment polls it once a second; a new result redraws the whole page
-    (the chart and the pins show it too).
+    While a solution waits for its test, a fragment polls once a second (starting the job when
+    the solution has settled); a new result redraws the whole page (the chart and the pins too).
     """
     label = f"{title_case(view.quality)} after surgery"
-    running = jobs_surgery.tend(wanted)
+    jobs_surgery.tend(wanted)
     known = jobs_surgery.count()
 
-    @st.fragment(run_every=1.0 if running is not None else None)
+    @st.fragment(run_every=1.0 if jobs_surgery.untested(wanted) else None)
     def poll() -> None:
         jobs_surgery.tend(wanted)
         if jobs_surgery.count() != known:
@@ -181,6 +183,14 @@ def _surgery_metric(
 
     with column:
         poll()
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _chain_picture(
+    model_key: tuple, solution_key: str, _chain: Chain, _solution: Solution
+) -> go.Figure:
+    """The chain picture of a solution, drawn once per model and solution (shared: read only)."""
+    return chain_figure(_chain, _solution, height=260)
 
 
 def _listing(values: Sequence[int]) -> str:

@@ -4,13 +4,14 @@
 ``training_form`` then ``merge`` of the original weights, scored by the family's ``evaluate`` on
 its test split (accuracy for a classifier, holdout ε-loss for a UNet; the task's quality figure
 comes first). The Budget page asks for the current solution and every pinned one; a session runs
-one such job at a time, the next starting when the last is collected (:func:`tend`), so a slider
-drag never piles up work. Results are kept as the session's ``surgery`` measurements.
+one such job at a time, the next starting when the last is collected and the solution has been
+wanted a moment (:func:`tend`), so a slider drag neither piles up work nor competes with it. Results are kept as the session's ``surgery`` measurements.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,10 +23,12 @@ from pages._shared import caches, state
 from pages._shared.jobs import Job, registry
 from pages._shared.state import ModelChoice
 
-__all__ = ["SURGERY", "start_surgery", "tend", "result_of", "count", "original_quality"]
+__all__ = ["SURGERY", "start_surgery", "tend", "untested", "result_of", "count", "original_quality"]
 
 SURGERY = "surgery"  # job kind and measurement kind
 RUNNING_JOB = "surgery_job"  # session key: the id of the session's surgery job
+WANTED_SINCE = "surgery_wanted"  # session key: solution key -> when the page first wanted it
+SETTLE_S = 0.8  # seconds a solution is wanted before its test starts (a drag starts none)
 _MEMO_SIZE = 4  # data splits and original figures kept per process
 _MEMO: dict[tuple[Any, ...], Any] = {}
 _MEMO_LOCK = threading.Lock()
@@ -70,6 +73,9 @@ def start_surgery(solution: Solution) -> Job:
 def tend(wanted: Sequence[Solution]) -> Job | None:
     """Collect the session's finished surgery job; start one for the first untested of ``wanted``.
 
+    A solution's test starts once it has been wanted for :data:`SETTLE_S` (a later call: the
+    page's polling fragment), so a slider drag starts no work that would slow the drag down.
+
     Returns:
         The session's running surgery job, if any.
     """
@@ -78,13 +84,31 @@ def tend(wanted: Sequence[Solution]) -> Job | None:
     if job is not None and not job.active:
         _collect(job)
         job = None
+    now = time.monotonic()
+    keys = [state.solution_key(s) for s in wanted]
+    since = {k: t for k, t in values.get(WANTED_SINCE, {}).items() if k in keys}
+    for key in keys:
+        since.setdefault(key, now)
+    values[WANTED_SINCE] = since
     if job is None:
         values[RUNNING_JOB] = None
-        todo = next((s for s in wanted if state.measurement(SURGERY, s) is None), None)
+        todo = next(
+            (
+                solution
+                for solution, key in zip(wanted, keys, strict=True)
+                if result_of(solution) is None and now - since[key] >= SETTLE_S
+            ),
+            None,
+        )
         if todo is not None:
             job = start_surgery(todo)
             values[RUNNING_JOB] = job.id
     return job
+
+
+def untested(wanted: Sequence[Solution]) -> bool:
+    """True while some of ``wanted`` has no surgery result yet (the page keeps polling)."""
+    return any(result_of(solution) is None for solution in wanted)
 
 
 def result_of(solution: Solution) -> dict[str, Any] | None:
