@@ -170,7 +170,8 @@ def _surgery_metric(
         original = jobs_surgery.original_quality()
         help_text = (
             "measured: the merged network straight from the original weights, no finetuning, "
-            "tested in the background on the family's test split"
+            "tested in the background by the model family's evaluation (a classifier's test "
+            "split, a UNet's holdout ε-loss)"
         )
         if stored is None:
             value, delta = "testing…", "in the background"

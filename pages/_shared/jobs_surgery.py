@@ -5,7 +5,8 @@
 its test split (accuracy for a classifier, holdout ε-loss for a UNet; the task's quality figure
 comes first). The Budget page asks for the current solution and every pinned one; a session runs
 one such job at a time, the next starting when the last is collected and the solution has been
-wanted a moment (:func:`tend`), so a slider drag neither piles up work nor competes with it. Results are kept as the session's ``surgery`` measurements.
+wanted a moment (:func:`tend`), so a slider drag neither piles up work nor competes with it.
+Results are kept as the session's ``surgery`` measurements.
 """
 
 from __future__ import annotations
