@@ -67,12 +67,13 @@ else:
     )
 
 st.subheader(f"Speed-up against {view.quality}, every method")
-try:
-    shown = calibration_points(view, used)
-except LayerMergeError as exc:
-    st.error(f"The shipped calibration results are not shown: {exc}")
-    shown = []
-shown += session_points(view, used, panel)
+shown = []
+if view.value_kind == "predicted":  # measurements share the axis only with predicted values
+    try:
+        shown = calibration_points(view, used)
+    except LayerMergeError as exc:
+        st.error(f"The shipped calibration results are not shown: {exc}")
+    shown += session_points(view, used, panel)
 chart = figures.frontier_figure(
     view,
     method=method,

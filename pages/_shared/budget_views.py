@@ -77,7 +77,7 @@ def headline(
     )
     cols = st.columns(3)
     cols[0].metric(
-        f"Predicted {quality}",
+        title_case(view.value_name),
         view.format_value(view.value_of(current)),
         "a prediction",
         delta_color="off",

@@ -85,6 +85,15 @@ class FrontierView:
         return "objective (sum over segments; no Δ recorded in these tables)"
 
     @property
+    def value_name(self) -> str:
+        """What one y value is called beside a solution (a metric label, a column name)."""
+        if self.value_kind == "predicted":
+            return f"predicted {self.quality}"
+        if self.value_kind == "delta":
+            return f"predicted ΣΔ {self.quality}"
+        return "objective"
+
+    @property
     def slider_min(self) -> int:
         """Where the slider starts: the lowest budget % at which some method is feasible."""
         lowest = [c.lowest_percent for c in self.curves.values() if c.lowest_percent is not None]

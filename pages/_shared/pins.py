@@ -85,7 +85,7 @@ def rows(view: FrontierView, panel: Panel, pins: list[Pin]) -> pd.DataFrame:
                 ),
                 "depth": str(merged_depth(solution)),
                 "parameters": _surgery_cell(surgery, "params", "{:,}"),
-                f"{quality} predicted": view.format_value(view.value_of(solution)),
+                view.value_name: view.format_value(view.value_of(solution)),
                 f"{quality} after surgery": _surgery_cell(surgery, "quality", None, view),
                 f"{quality} after finetune": view.format_value(after),
             }

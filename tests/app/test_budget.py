@@ -4,7 +4,10 @@ for every method, clicks select the point under the cursor, impossible budgets s
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +15,10 @@ from streamlit.testing.v1 import AppTest
 
 from core.dp import frontier, list_methods
 from core.tables import read_tables
+from pages._shared import frontier_view as frontier_view_module
 from pages._shared.budget_state import clicked_point
 from pages._shared.frontier_view import Curve, FrontierView
+from pages._shared.tables_in_use import TablesInUse
 from tests.app.chart_events import click, figure, trace
 from tests.app.support import ROOT, texts
 
@@ -203,3 +208,20 @@ def test_clicked_point_prefers_the_current_methods_point() -> None:
     assert clicked_point([{"customdata": ["layer", 5]}], view, "layer") is None
     assert clicked_point([{"customdata": ["nope", 0]}], view, "layer") is None
     assert clicked_point([], view, "layer") is None
+
+
+def test_tables_without_the_original_value_plot_the_sum_of_deltas(tmp_path: Path) -> None:
+    """No original accuracy in meta.json: y is ΣΔ, and the chart and labels say so."""
+    folder = tmp_path / "tables"
+    shutil.copytree(ROOT / "cached_tables" / "digits_resnet", folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["importance_base_accuracy"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    used = TablesInUse(read_tables(folder), folder, "computed")
+    view = frontier_view_module._view(used.key, "accuracy", True, used)
+    assert view.value_kind == "delta"
+    assert "ΣΔ" in view.value_label and view.value_name == "predicted ΣΔ accuracy"
+    for method, curve in view.curves.items():
+        points = frontier(used.tables, method=method)
+        assert list(curve.value) == pytest.approx([p.delta for p in points])
+    assert view.curves["layermerge"].value[-1] == 0.0, "keeping everything changes nothing"

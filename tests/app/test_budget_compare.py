@@ -73,7 +73,7 @@ def test_pinning_two_solutions_shows_both_rows(budget_page: AppTest) -> None:
     assert list(table["pin"]) == ["#1", "#2"]
     expected = {
         "method", "ms predicted", "ms measured", "speed-up predicted", "speed-up measured",
-        "depth", "parameters", "accuracy predicted", "accuracy after surgery",
+        "depth", "parameters", "predicted accuracy", "accuracy after surgery",
         "accuracy after finetune",
     }  # fmt: skip
     assert expected <= set(table.columns)
@@ -85,7 +85,7 @@ def test_pinning_two_solutions_shows_both_rows(budget_page: AppTest) -> None:
         f"{first.latency_ms:.4g}",
         f"{second.latency_ms:.4g}",
     ]
-    assert list(table["accuracy predicted"]) == [
+    assert list(table["predicted accuracy"]) == [
         f"{first.predicted:.2f}%",
         f"{second.predicted:.2f}%",
     ]
