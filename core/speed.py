@@ -57,6 +57,8 @@ __all__ = [
     "predict_speed",
     "speedup_from_totals",
     "explained_network_ms",
+    "planned_activations",
+    "running_residuals",
     "table_reliability",
     "table_warning",
 ]
@@ -209,7 +211,26 @@ def speedup_from_totals(
         return math.nan
     if network_ms is None or not network_ms > 0:
         return original_table_ms / solution_table_ms
-    return _ratio(network_ms, network_ms - original_table_ms + solution_table_ms)
+    return _ratio(network_ms, network_ms + (solution_table_ms - original_table_ms))
+
+
+def planned_activations(meta: Mapping[str, Any], solution: Solution) -> frozenset[int]:
+    """The positions where the merged network of ``solution`` runs an activation, as the speed
+    model sees them (``core.surgery.activation_plan``'s rule, from meta.json's structure costs;
+    empty when the table records no activation costs)."""
+    costs = [(c, latency) for c, latency in _structure_costs(meta) if c.kind == "activation"]
+    return frozenset(_runs(costs, solution.kept_activations))
+
+
+def running_residuals(meta: Mapping[str, Any], solution: Solution) -> tuple[tuple[int, int], ...]:
+    """The residual blocks whose add (and shortcut) the merged network of ``solution`` still
+    runs, as the speed model sees them: those no segment absorbs (``core.merge``'s rule)."""
+    boundaries = set(solution.boundaries)
+    return tuple(
+        (c.start, c.end)  # type: ignore[misc]
+        for c, _ in _structure_costs(meta)
+        if c.kind == "residual" and _residual_runs(c, boundaries)
+    )
 
 
 def explained_network_ms(meta: Mapping[str, Any]) -> float | None:
@@ -393,19 +414,28 @@ def _activation_extra(
     by_position = {c.position: (c, latency) for c, latency in costs if c.kind == "activation"}
     if not by_position:
         return 0.0
-    kept = sorted(set(kept_activations))
-    runs: set[int] = set()
-    previous = 0
-    for position in kept:
-        cost = by_position.get(position)
-        if cost is not None:
-            original, default = cost[0].original, cost[0].default
-            if original is not None or (position - previous > 1 and default is not None):
-                runs.add(position)
-        previous = position
+    runs = _runs(list(by_position.values()), kept_activations)
     extra = 0.0
     for end, kernel in segments:
         cost = by_position.get(end)
         if cost is not None:
             extra += cost[1] * (int(end in runs) - int(kernel > 0))
     return extra
+
+
+def _runs(
+    activation_costs: Sequence[tuple[StructureCost, float]], kept_activations: Iterable[int]
+) -> set[int]:
+    """Where the network runs an activation: a kept boundary with an original activation, or a
+    linear one that ends a span longer than one position (gets the default; LAYERMERGE.md §1.2)."""
+    by_position = {c.position: c for c, _ in activation_costs}
+    runs: set[int] = set()
+    previous = 0
+    for position in sorted(set(kept_activations)):
+        cost = by_position.get(position)
+        if cost is not None and (
+            cost.original is not None or (position - previous > 1 and cost.default is not None)
+        ):
+            runs.add(position)
+        previous = position
+    return runs
