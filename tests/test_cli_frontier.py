@@ -17,6 +17,7 @@ from core.workflows.frontier import (
     MEASURED_FILE,
     frontier_rows,
     measure_frontier,
+    measure_solution,
     read_measured_frontier,
     select_points,
     solution_key,
@@ -142,3 +143,14 @@ def test_bad_input_is_one_line(tables, capsys, args, message):
     code = main(["frontier", "--tables", str(tables / "missing")])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "does not exist" in lines[0]
+
+
+def test_one_solution_measured_joins_the_cache(model, tables):
+    solution = frontier_rows(tables, methods=["layer"], points=1).rows[0].solution
+    row = measure_solution(model, tables, solution, rounds=1)
+    assert row.measured is not None and row.prediction.speedup > 0
+    assert read_measured_frontier(tables)[row.solution_key] == row.measured
+    again = measure_solution(model, tables, solution, rounds=1)
+    assert again.measured == row.measured  # from the cache
+    listed = frontier_rows(tables, methods=["layer"], points=1)
+    assert listed.rows[0].measured == row.measured

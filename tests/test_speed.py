@@ -263,3 +263,18 @@ def test_entries_of_the_table_are_what_the_model_swaps(profiled):
         e.key: e for e in tables.entries if e.end - e.start == 1 and e.keeps_all_convs
     }
     assert originals == {key: e.latency_ms for key, e in singles.items()}
+
+
+def test_a_unet_family_without_structure_costs_is_predicted_from_its_table(tmp_path):
+    family = family_for("digits_unet")
+    bundle = family.load("digits_unet")
+    traced = family.trace(bundle)
+    config = LatencyConfig(batch=2, rounds=2)
+    table = measure_latency(bundle, traced, config, family=family, out=tmp_path, timer=FakeClock())
+    meta = table.meta
+    assert meta["structure_costs"] == [] and not meta["structure_complete"]
+    assert meta["network_baseline"].startswith("original UNet2DModel")
+    assert explained_network_ms(meta) is None  # nothing to check the network against
+    keep = keep_everything_solution(family.chain_of(traced))
+    assert predict_speed(meta, keep).speedup == 1.0
+    assert table_reliability(meta).reliable  # a quiet clock: no reason to warn

@@ -52,6 +52,7 @@ __all__ = [
     "select_points",
     "frontier_rows",
     "measure_frontier",
+    "measure_solution",
     "read_measured_frontier",
 ]
 
@@ -274,14 +275,8 @@ def measure_frontier(
     started = time.perf_counter()
     directory = Path(tables)
     joined = read_tables(directory)
-    recorded = joined.meta.get("chain_digest")
-    if recorded != model.traced.digest():
-        raise TableMismatchError(
-            f"{directory} holds tables of another network (chain digest {recorded}, this model "
-            f"{model.traced.digest()})"
-        )
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise LayerMergeError(f"--rounds must be a positive integer, got {rounds!r}")
+    _check_model(joined, model, directory)
+    _check_rounds(rounds)
     settings = TimingSettings.from_meta(joined.meta)
     _check_settings(settings, model)
     cache = read_measured_frontier(directory)
@@ -333,6 +328,54 @@ def measure_frontier(
         cached=len(cached_keys),
         seconds=time.perf_counter() - started,
         isolated=worker is not None,
+    )
+
+
+def measure_solution(
+    model: LoadedModel,
+    tables: str | Path,
+    solution: Solution,
+    *,
+    rounds: int = DEFAULT_ROUNDS,
+    isolate: bool | None = None,
+    refresh: bool = False,
+) -> FrontierRow:
+    """One solution of these tables measured like a frontier point (the app's Measure button).
+
+    The result joins the same cache, so the Budget page shows it on the frontier too; a solution
+    measured before (on the table as it is now) is answered from the cache unless ``refresh``.
+
+    Raises:
+        TableMismatchError: the tables belong to another network.
+        LayerMergeError: as :func:`measure_frontier`.
+    """
+    directory = Path(tables)
+    joined = read_tables(directory)
+    _check_model(joined, model, directory)
+    _check_rounds(rounds)
+    settings = TimingSettings.from_meta(joined.meta)
+    _check_settings(settings, model)
+    key = solution_key(solution)
+    point = None if refresh else read_measured_frontier(directory).get(key)
+    if point is None:
+        if (not settings.holds_here()) if isolate is None else isolate:
+            with SettingsWorker(settings) as worker:
+                recipe = model.family.recipe(model.bundle)
+                data = worker.call(_measure_in_worker, recipe, solution.to_dict(), settings, rounds)
+        else:
+            data = _measure_point(model, solution, settings, rounds)
+        point = MeasuredPoint(solution_key=key, **data)
+        _save_point(directory, joined.meta, settings, point)
+    return FrontierRow(
+        method=solution.method,
+        index=-1,
+        latency_ms=solution.latency_ms,
+        objective=solution.importance,
+        predicted_metric=solution.predicted,
+        prediction=predict_speed(joined.meta, solution),
+        solution=solution,
+        solution_key=key,
+        measured=point,
     )
 
 
@@ -400,6 +443,20 @@ def _with_measurement(row: FrontierRow, point: MeasuredPoint) -> FrontierRow:
 def _network_ms(meta: Mapping[str, Any]) -> float | None:
     value = meta.get("network_folded_latency_ms") or meta.get("network_latency_ms")
     return float(value) if value else None
+
+
+def _check_model(tables: Tables, model: LoadedModel, directory: Path) -> None:
+    recorded = tables.meta.get("chain_digest")
+    if recorded != model.traced.digest():
+        raise TableMismatchError(
+            f"{directory} holds tables of another network (chain digest {recorded}, this model "
+            f"{model.traced.digest()})"
+        )
+
+
+def _check_rounds(rounds: Any) -> None:
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise LayerMergeError(f"--rounds must be a positive integer, got {rounds!r}")
 
 
 def _check_settings(settings: TimingSettings, model: LoadedModel) -> None:
