@@ -19,7 +19,9 @@ activations the entries time but the network does not run, the stem and head), e
 
 1. one intra-op thread by default (a second OpenMP thread waits on every other process); the
    glibc allocator setting of the process (``core.benchmark.use_heap_allocator``, applied by the
-   CLI) is recorded and is part of the cache key: later measurements reuse both;
+   CLI) is recorded: later measurements of the table reuse both (the allocator is a state of the
+   measuring process, not a request, so it is not part of the cache key: the app, which never
+   applies it, still finds the shipped tables current);
 2. ``rounds`` interleaved passes over the distinct geometries (forward, then backward, ...),
    each timing a slice of ``min_run_time``; an entry keeps the median over rounds;
 3. a small fixed reference op is timed before every sample (and once at the end). Its quiet time
@@ -36,7 +38,7 @@ fake clock, and every backend goes through the same callable.
 Work is never lost: every sample goes through the entry runner (:mod:`core.runner`), one job per
 (round, distinct geometry), each finished sample saved at once to a partial store in the output
 directory, so a killed run resumes where it stopped; an identical rerun (same chain, batch,
-backend, device, threads, allocator and timing settings) reads the finished table
+backend, device, threads and timing settings) reads the finished table
 (:mod:`core.table_store`) and measures nothing. Jobs always run in this process, one after the
 other: two timings must never share the machine.
 
@@ -213,11 +215,12 @@ Timer = Callable[[str, nn.Module, tuple[int, ...], "LatencyConfig"], Timing]
 class LatencyTable:
     """A measured latency table and what the run did.
 
-    ``computed`` counts the entries this call timed at least one sample of, ``cached`` those read
-    whole from a finished table or a partial store (identity segments, timed by no one, count in
-    neither); ``measured_geometries`` the distinct modules timed by this call. ``complete`` is
-    False for a run restricted to some entries or ``cancelled``: it wrote no table, only its
-    partial store.
+    ``computed`` counts the entries whose first round this call timed, ``cached`` those whose
+    first round came from a finished table or a partial store (identity segments, timed by no
+    one, count in neither); ``measured_geometries`` the distinct modules this call timed a sample
+    of. ``complete`` is False for a run restricted to some entries or ``cancelled``: it wrote no
+    table, only its partial store, and its entries are those measured so far (the median of
+    their rounds done).
     """
 
     entries: tuple[TableEntry, ...]
@@ -351,7 +354,7 @@ def measure_latency(
     fields = family.table_fields(bundle, traced)
     chain_digest = traced.digest()
     allocator = allocator_in_effect()
-    key = latency_key(chain_digest, fields["activation"], config, allocator=allocator)
+    key = latency_key(chain_digest, fields["activation"], config)
     all_items = [(s, o) for s in family.segments(traced) for o in s.options]
     items = _select(all_items, entries)
     restricted = len(items) != len(all_items)
@@ -409,8 +412,9 @@ def measure_latency(
         cancel=cancel,
     )
     job_rounds = protocol.run(list(builders), job_of)
-    ran_jobs = protocol.ran_jobs
-    results = {job: rounds.value() for job, rounds in job_rounds.items() if rounds.complete}
+    # a complete run has every round of every job; a cancelled or restricted one returns the
+    # entries measured so far, each the median of its rounds done
+    results = {job: rounds.value() for job, rounds in job_rounds.items() if rounds.measured}
     table_entries: list[TableEntry] = []
     for segment, option in items:
         entry_key = _entry_key(segment, option)
@@ -459,14 +463,16 @@ def measure_latency(
     if directory is not None and complete:
         meta = publish_table(directory, chain_digest, "latency", table_entries, meta)
         store.remove()
-    computed_jobs = {job for job in ran_jobs}
-    computed = sum(1 for job in job_of.values() if job in computed_jobs)
+    # an entry is computed by the call that timed its first round, cached when an earlier run did
+    computed = sum(job in protocol.first_timed for job in job_of.values())
+    measured = sum(job in results for job in job_of.values())
+    entry_jobs = set(job_of.values())
     return LatencyTable(
         entries=tuple(table_entries),
         meta=meta,
         computed=computed,
-        cached=len(job_of) - computed if complete else 0,
-        measured_geometries=sum(1 for job in computed_jobs if job in set(job_of.values())),
+        cached=measured - computed,
+        measured_geometries=len(protocol.ran_jobs & entry_jobs),
         complete=complete,
         seconds=time.perf_counter() - started,
         cancelled=protocol.cancelled,
@@ -519,14 +525,10 @@ def time_module(
         module.train(was_training)
 
 
-def latency_key(
-    chain_digest: str, activation: str, config: LatencyConfig, *, allocator: str = "default"
-) -> str:
-    """Cache key of a latency table: the traced network's digest and every measurement setting
-    (the process's allocator setting included: it changes CPU timings)."""
+def latency_key(chain_digest: str, activation: str, config: LatencyConfig) -> str:
+    """Cache key of a latency table: the traced network's digest and every measurement setting."""
     config = config.resolved()
     fields = {
-        "allocator": allocator,
         "rounds": config.rounds,
         "chain": chain_digest,
         "activation": activation,
@@ -753,6 +755,10 @@ class _JobRounds:
     def complete(self) -> bool:
         return all(self.samples.get(r) for r in range(self.rounds))
 
+    @property
+    def measured(self) -> bool:
+        return any(self.samples.values())
+
     def unquiet_rounds(self) -> list[int]:
         """Rounds none of whose samples was taken in a quiet phase."""
         return [
@@ -765,7 +771,7 @@ class _JobRounds:
         """(median over rounds, spread over rounds) in ms; a round counts its first quiet sample
         (its fastest sample when none was quiet)."""
         chosen = []
-        for r in range(self.rounds):
+        for r in sorted(r for r, samples in self.samples.items() if samples):
             quiet = [s.median_ms for s in self.samples[r] if not s.slow]
             chosen.append(quiet[0] if quiet else min(s.median_ms for s in self.samples[r]))
         if len(chosen) >= 4:
@@ -817,7 +823,8 @@ class _Protocol:
         self.progress = progress
         self.cancel = cancel
         self.cancelled = False
-        self.ran_jobs: set[str] = set()
+        self.ran_jobs: set[str] = set()  # jobs this call timed a sample of
+        self.first_timed: set[str] = set()  # jobs this call timed the first round of
         self._warm: set[str] = set()
         self._reference: nn.Module | None = None
         self._load_start = _load_average()
@@ -925,7 +932,7 @@ class _Protocol:
         reference = self._time_reference()
         if payload is None:
             return {"seq": seq, "reference_ms": reference}
-        _, job = payload
+        round_index, job = payload
         module, shape = self.modules.get(job)
         share = self.config.min_run_time / self.config.rounds
         if job == NETWORK_JOB:
@@ -937,6 +944,8 @@ class _Protocol:
         config = replace(self.config, min_run_time=share, warmup_runs=warmup)
         timing = self.timer(job, module, (self.config.batch, *shape), config)
         self.ran_jobs.add(job)
+        if round_index == 0 and sample_id.startswith("r|"):
+            self.first_timed.add(job)
         return {
             "seq": seq,
             "reference_ms": reference,
