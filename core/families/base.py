@@ -40,6 +40,7 @@ from core.families.options import refuse
 from core.files import read_untrusted_checkpoint
 from core.segments import Segment
 from core.solution import Solution
+from core.speed import StructureCost
 
 __all__ = [
     "ModelFamily",
@@ -458,6 +459,22 @@ class ModelFamily(abc.ABC):
         """What a worker process needs to rebuild ``bundle``: small, picklable, with ``build()``
         (which checks the weights digest). ``portable`` carries the weights as bytes, for
         workers that cannot read this machine's files."""
+
+    # ------------------------------------------------------------------ speed
+    # What the speed model (core.speed) needs beyond the table: the costs of the network that
+    # a merge changes outside the table's entries, timed at profile time (core.latency).
+    structure_complete: ClassVar[bool] = False  # the costs and the table cover the whole network
+
+    def structure_costs(self, traced: Any) -> tuple[StructureCost, ...]:
+        """The structure costs of ``traced`` (:class:`core.speed.StructureCost`).
+
+        By default none: every entry times exactly what the network runs at its segment, and
+        what lies outside the table never changes (it cancels in the prediction). A family whose
+        merges absorb residual adds, or whose entries time an activation the network may not
+        run, lists those costs here; with ``structure_complete`` it also lists the fixed ones
+        (stem, head), so the keep-everything sum can be checked against the measured network.
+        """
+        return ()
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -28,6 +28,7 @@ from core.families import ModelFamily, TableNotes, family_for
 from core.importance import estimate_importance
 from core.latency import LatencyConfig, measure_latency
 from core.runner import ProgressCallback, Runner
+from core.speed import table_warning
 from core.tables import TableEntry
 
 __all__ = ["LatencyResult", "ImportanceResult", "load_traced", "profile", "importance"]
@@ -56,6 +57,12 @@ class LatencyResult:
     seconds: float
     complete: bool
     cancelled: bool
+
+    @property
+    def warning(self) -> str | None:
+        """One line saying why the table is unreliable (:func:`core.speed.table_warning`), or
+        None: what the Tables page and ``profile`` show."""
+        return table_warning(self.meta, self.out) if self.complete else None
 
     @property
     def identity_entries(self) -> int:

@@ -258,3 +258,11 @@ class ClassifierFamily(ModelFamily):
         from core.importance import ModelRecipe
 
         return ModelRecipe.from_bundle(bundle, portable=portable)
+
+    # ------------------------------------------------------------------ speed
+    structure_complete = True  # stem, head, adds and activations: the whole network is covered
+
+    def structure_costs(self, traced: Chain) -> tuple[Any, ...]:
+        from core.latency import chain_structure_costs
+
+        return chain_structure_costs(traced, traced.default_activation or "relu")
