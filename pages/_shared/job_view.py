@@ -11,8 +11,9 @@ from collections.abc import Callable
 import streamlit as st
 
 from pages._shared.jobs import Job, registry
+from pages._shared.numbers import count, duration
 
-__all__ = ["job_panel"]
+__all__ = ["job_panel", "failure"]
 
 
 def job_panel(
@@ -34,19 +35,18 @@ def job_panel(
         current = registry().get(job.id) or job
         if current.active:
             st.session_state[seen] = True
-            eta = f", about {current.eta_s:.0f} s left" if current.eta_s is not None else ""
+            eta = f", about {duration(current.eta_s)} left" if current.eta_s is not None else ""
             stage = current.stage or "starting"
-            st.progress(
-                current.fraction,
-                text=f"{current.title}: {stage} {current.done}/{current.total or '?'}{eta}",
-            )
+            done = f"{count(current.done)}/{count(current.total)}" if current.total else ""
+            st.progress(current.fraction, text=f"{current.title}: {stage} {done}{eta}")
             if st.button(cancel_label, key=f"cancel_{kind}"):
                 current.cancel.set()
         elif current.status == "failed":
-            st.error(f"{current.title} failed: {(current.error or '').splitlines()[0]}")
+            st.error(f"{current.title} failed: {failure(current)}")
         elif current.status == "cancelled":
             st.warning(
-                f"{current.title} was stopped at {current.done}/{current.total}; {stopped_note}"
+                f"{current.title} was stopped at {count(current.done)}/{count(current.total)}; "
+                f"{stopped_note}"
             )
         if extra is not None:
             extra(current)
@@ -54,3 +54,11 @@ def job_panel(
             st.rerun(scope="app")  # it just finished: redraw the page around its result
 
     poll()
+
+
+def failure(job: Job) -> str:
+    """Why ``job`` failed, in one line: a refused input's message, or a bug said plainly."""
+    error = job.error or ""
+    if error.startswith("unexpected "):  # a bug: its traceback is in job.error for the report
+        return "an unexpected error in the app (a bug; the server log has its traceback)"
+    return error.splitlines()[0] if error else "no reason recorded"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -15,7 +15,9 @@ from core.dp import FrontierPoint, pick
 from core.solution import Solution
 from core.surgery import activation_plan
 from core.tables import Tables
+from pages._shared import state
 from pages._shared.chain_figure import chain_figure
+from pages._shared.numbers import NOT_MEASURED, ms
 from pages._shared.tables_in_use import TablesInUse, frontiers, tables_in_use
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "solution_rows",
     "solution_summary",
     "entries_frame",
-    "pair_or_blanks",
+    "ENTRY_FORMATS",
+    "cells",
+    "export_header",
 ]
 
 
@@ -124,8 +128,10 @@ def solution_summary(
     UNet's, which names its activations its own way).
     """
     positions = range(1, chain.last_position + 1)
-    removed_acts = [p for p in positions if p not in solution.kept_activations]
-    kept_acts = [p for p in positions if p in solution.kept_activations]
+    acting = [p for p in positions if chain.activations[p] is not None]  # linear ones have none
+    removed_acts = [p for p in acting if p not in solution.kept_activations]
+    kept_acts = [p for p in acting if p in solution.kept_activations]
+    linear = [p for p in positions if chain.activations[p] is None]
     pruned = [c for c in range(1, chain.last_position + 1) if c not in solution.kept_convs]
     merged_depth = sum(1 for s in solution.segments if s.kernel) + 1  # + the stem conv 0
     original_ms = used.original_ms
@@ -159,6 +165,7 @@ def solution_summary(
         f"**{solution.method}** · {len(solution.segments)} segments · "
         f"kept activations after positions {_listing(kept_acts)} · "
         f"removed activations at {_listing(removed_acts)} · pruned convs {_listing(pruned)}"
+        + (f" · no activation in the original at {_listing(linear)}" if linear else "")
     )
     st.plotly_chart(chain_figure(chain, solution, height=260), key="solution_chain")
     st.dataframe(
@@ -172,9 +179,22 @@ def solution_summary(
     )
 
 
+ENTRY_FORMATS = {  # the Tables page's listing: sensible digits per column
+    "latency ms": "%.3f",
+    "spread ms": "%.3f",
+    "importance": "%.4f",
+    "Δacc (pp)": "%.2f",
+    "Δloss": "%.4f",
+}
+
+
 def entries_frame(tables: Tables) -> pd.DataFrame:
-    """Every table entry as a sortable frame (the Tables page's full listing)."""
-    return pd.DataFrame(
+    """Every table entry as a sortable frame (the Tables page's full listing).
+
+    A column the tables do not record at all (Δacc of a UNet's ε-loss tables) is left out, so
+    that no cell reads "None".
+    """
+    frame = pd.DataFrame(
         [
             {
                 "start": e.start,
@@ -193,11 +213,25 @@ def entries_frame(tables: Tables) -> pd.DataFrame:
             for e in tables.entries
         ]
     )
+    return frame.dropna(axis="columns", how="all").fillna("not recorded")
 
 
-def pair_or_blanks(stored: Mapping[str, Any] | None, first: str, second: str) -> tuple[Any, Any]:
-    """Two fields of a measurement or result, or two blanks when there is none (table cells)."""
-    return (stored[first], stored[second]) if stored else (None, None)
+def cells(
+    stored: Mapping[str, Any] | None, first: str, second: str, write: Callable[[Any], str]
+) -> tuple[str, str]:
+    """Two fields of a measurement or result as table text, or "not measured" twice."""
+    if not stored:
+        return NOT_MEASURED, NOT_MEASURED
+    return write(stored.get(first)), write(stored.get(second))
+
+
+def export_header(solution: Solution, form: str) -> None:
+    """What the Export page's files hold, named in full: model, solution, and how it was made."""
+    st.subheader(state.choice().label)
+    st.markdown(
+        f"**{solution.method}** at {ms(solution.latency_ms)} predicted "
+        f"({len(solution.segments)} segments) · {form}"
+    )
 
 
 def _listing(values: Sequence[int]) -> str:

@@ -39,7 +39,7 @@ def test_finetune_runs_in_the_background_and_survives_a_reload(budget_page: AppT
     # the Export page now offers the finetuned network
     reloaded.switch_page("pages/export.py").run()
     assert not reloaded.exception
-    assert "finetuned, then merged" in texts(reloaded)
+    assert f"finetuned 4 steps (job {job_id}), then merged" in texts(reloaded)
     assert reloaded.download_button(key="download_checkpoint")
 
 

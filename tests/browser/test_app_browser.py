@@ -201,3 +201,78 @@ def test_budget_page_renders_for_the_diffusion_demo(
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     page.close()
+
+
+# --------------------------------------------------------------------------- the demos, page by page
+# A first-time user's walk: each demo model chosen on the Model page, then every page in the order
+# the navigation lists them, each checked for exceptions and a literal "None", and photographed.
+# The photographs go to the test's folder, and to docs/pages/<model>-<page>.png (linked from the
+# README) when one is missing or LAYERMERGE_UPDATE_SCREENSHOT=1; each is shrunk to a small palette
+# PNG, a few tens of KB.
+
+DEMOS = ("digits_resnet", "digits_mobilenet", "digits_unet")
+WALK = ("Model", "Tables", "Budget", "Finetune", "Export", "Learn")
+PAGE_SHOTS = ROOT / "docs" / "pages"
+SHOT_WIDTH = 800  # pixels of the saved photograph (the viewport is wider, then scaled down)
+MAX_HEIGHT = 4000  # pixels of the viewport a photograph is taken in, at most
+
+
+def _choose_model(page: object, model: str) -> None:
+    page.get_by_role("link", name="Model").click()
+    _wait_idle(page)
+    page.get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name=model, exact=True).click()
+    page.get_by_role("button", name="Use this model").click()
+    _wait_idle(page)
+    page.get_by_text(f"Now using {model}").wait_for(timeout=120_000)
+
+
+def _shrink(source: Path, target: Path) -> None:
+    """A small copy of a screenshot: scaled to SHOT_WIDTH, 32 colours, optimised PNG."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        height = round(image.height * SHOT_WIDTH / image.width)
+        small = image.convert("RGB").resize((SHOT_WIDTH, height), Image.Resampling.LANCZOS)
+        small.quantize(colors=32, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+
+
+def _photograph(page: object, name: str, folder: Path) -> Path:
+    """The whole page: the viewport grows to the page's height (the app scrolls inside stMain)."""
+    tall = page.evaluate(
+        "() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight"
+    )
+    page.set_viewport_size({"width": 1400, "height": max(800, min(int(tall) + 80, MAX_HEIGHT))})
+    _wait_idle(page)
+    page.wait_for_timeout(1500)  # plotly redraws at the new size
+    shot = folder / f"{name}.png"
+    page.screenshot(path=str(shot))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    small = folder / f"{name}-small.png"
+    _shrink(shot, small)
+    if (
+        not (PAGE_SHOTS / f"{name}.png").exists()
+        or os.environ.get("LAYERMERGE_UPDATE_SCREENSHOT") == "1"
+    ):
+        PAGE_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(small, PAGE_SHOTS / f"{name}.png")
+    return shot
+
+
+@pytest.mark.parametrize("model", DEMOS)
+def test_walk_every_page_of_a_demo(
+    browser: object, server: str, tmp_path: Path, model: str
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    _wait_idle(page)
+    _choose_model(page, model)
+    for title in WALK:
+        page.get_by_role("link", name=title, exact=True).first.click()
+        _wait_idle(page)
+        page.get_by_test_id("stSidebar").get_by_text("Solution").first.wait_for(timeout=60_000)
+        assert page.get_by_test_id("stException").count() == 0, f"{model} / {title}"
+        text = page.get_by_test_id("stMain").inner_text()
+        assert not re.search(r"\bNone\b", text), f"{model} / {title} says None:\n{text[:3000]}"
+        _photograph(page, f"{model}-{title.lower()}", tmp_path)
+    page.close()
