@@ -75,8 +75,9 @@ def test_sessions_do_not_share_model_solution_or_jobs(budget_page: AppTest) -> N
     first.run()
     assert first.session_state["choice"].name == "digits_resnet"
     assert " segments · " in shown_label(first)  # still its own solution on its own tables
-    assert first.session_state["solution"] is not None
-    assert second.session_state["solution"] is None
+    mine, theirs = first.session_state["solution"], second.session_state["solution"]
+    assert mine is not None and mine.budget_ms != theirs.budget_ms  # each on its own tables
+    assert theirs.tables_digest != mine.tables_digest
     assert "finetune" not in second.session_state["jobs"]
 
 
