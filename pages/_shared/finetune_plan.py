@@ -9,6 +9,7 @@ timing would keep the page waiting (a big model), it waits for a click.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from pages._shared.tables_in_use import TablesInUse
 
 __all__ = [
     "Recommendation",
+    "Pace",
     "classifier_recommendation",
     "unet_recommendation",
     "step_seconds",
@@ -38,9 +40,10 @@ __all__ = [
 CLASSIFIER_EPOCHS = 2  # the demo frontier's recipe: 2 epochs, SGD lr 0.02, batch 64
 UNET_STEPS = 600  # the UNet benchmark's recipe: 600 Adam steps, lr 4e-4, batch 64
 DEEP_CUT = 0.5  # below this share of the original latency, twice the recipe
-TIMED_STEPS = 4  # steps run to time one; the first is left out (warm-up)
+TIMED_STEPS = 10  # steps run to time a finetune: WARM_STEPS of warm-up, then the steady pace
+WARM_STEPS = 5  # the first steps are slower (allocations, kernel selection): timed apart
 AUTO_TIMING_S = 4.0  # time a few steps without asking when that should take less than this
-Timer = Callable[[tuple, Solution, ModelChoice], float]
+Timer = Callable[[tuple, Solution, ModelChoice], "Pace"]
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,24 @@ def unet_recommendation(solution: Solution, chain: Chain) -> Recommendation:
     )
 
 
+@dataclass(frozen=True)
+class Pace:
+    """A finetune timed here: its first WARM_STEPS steps in all, then seconds per later step."""
+
+    warm_s: float
+    step_s: float
+
+    def seconds(self, steps: int) -> float:
+        """The predicted duration of ``steps`` steps."""
+        if steps <= WARM_STEPS:
+            return self.warm_s * steps / WARM_STEPS
+        return self.warm_s + (steps - WARM_STEPS) * self.step_s
+
+
 def step_seconds(
     solution: Solution, used: TablesInUse | None, *, batch: int, timer: Timer
-) -> float | None:
-    """Seconds per training step of ``solution`` at ``batch`` on this machine, timed (cached).
+) -> Pace | None:
+    """How fast a finetune of ``solution`` at ``batch`` runs on this machine, timed (cached).
 
     ``timer`` is the panel's (:func:`time_classifier_steps`, :func:`time_unet_steps`). It runs
     TIMED_STEPS real steps in the script thread when that is predicted to be short (from the
@@ -102,19 +119,21 @@ def step_seconds(
     return timer(key, solution, which)
 
 
-def duration_note(steps: int, seconds_per_step: float | None, *, after: str = "") -> str:
+def duration_note(steps: int, pace: Pace | None, *, after: str = "") -> str:
     """The duration of ``steps`` in words, saying it is a prediction and what it rests on."""
-    if seconds_per_step is None:
+    if pace is None:
         return "Estimated duration: not measured yet (press the button above)."
     return (
-        f"**Estimated duration: about {duration(steps * seconds_per_step)}** for {count(steps)} "
-        f"steps ({seconds_per_step:.3g} s per step, timed here on {TIMED_STEPS - 1} steps of this "
-        f"solution). A prediction: the job shows its real pace and ETA as it runs{after}."
+        f"**Estimated duration: about {duration(pace.seconds(steps))}** for {count(steps)} "
+        f"steps. {TIMED_STEPS} steps of this solution were timed here: "
+        f"{duration(pace.warm_s)} for the first {WARM_STEPS} (warm-up), then {pace.step_s:.2g} s "
+        f"per step. A prediction, on a machine others may share: the job shows its real pace "
+        f"and ETA{after}."
     )
 
 
 @st.cache_data(show_spinner="Timing a few training steps…", max_entries=32)
-def time_classifier_steps(key: tuple, _solution: Solution, _which: ModelChoice) -> float:
+def time_classifier_steps(key: tuple, _solution: Solution, _which: ModelChoice) -> Pace:
     """Seconds per step of a classifier's finetune (core.finetune), timed on a few steps."""
     model, traced = caches.bundle(_which).model, caches.traced(_which)
     network = build_training_network(model, traced, _solution)
@@ -126,7 +145,7 @@ def time_classifier_steps(key: tuple, _solution: Solution, _which: ModelChoice) 
 
 
 @st.cache_data(show_spinner="Timing a few training steps…", max_entries=32)
-def time_unet_steps(key: tuple, _solution: Solution, _which: ModelChoice) -> float:
+def time_unet_steps(key: tuple, _solution: Solution, _which: ModelChoice) -> Pace:
     """Seconds per step of a UNet's ε-loss finetune, timed on a few steps."""
     model, traced = caches.bundle(_which).model, caches.traced(_which)
     network = apply_unet_solution(model, traced, _solution).training_network  # a new module
@@ -137,9 +156,10 @@ def time_unet_steps(key: tuple, _solution: Solution, _which: ModelChoice) -> flo
     return _per_step(elapsed)
 
 
-def _per_step(elapsed: list[float]) -> float:
-    timed = elapsed[1:TIMED_STEPS]  # step 1 warms up; a UNet's last step also evaluates
-    return (timed[-1] - timed[0]) / (len(timed) - 1)
+def _per_step(elapsed: list[float]) -> Pace:
+    """The warm-up's seconds and the median later step (a UNet's last step also evaluates)."""
+    later = [elapsed[i] - elapsed[i - 1] for i in range(WARM_STEPS, TIMED_STEPS)]
+    return Pace(warm_s=elapsed[WARM_STEPS - 1], step_s=statistics.median(later))
 
 
 def _rough_step_s(used: TablesInUse | None, batch: int) -> float | None:

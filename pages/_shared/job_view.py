@@ -1,6 +1,6 @@
 """The live view of a background job: progress, a cancel button, and what stopped it.
 
-A fragment polls the job once a second while it runs and draws only from the job's plain fields
+A fragment polls the job every POLL_S seconds while it runs and draws only from the job's plain fields
 (the worker never calls Streamlit); when the job ends, the whole page reruns around its result.
 """
 
@@ -14,6 +14,8 @@ from pages._shared.jobs import Job, registry
 from pages._shared.numbers import count, duration
 
 __all__ = ["job_panel", "failure"]
+
+POLL_S = 2.0  # seconds between redraws of a running job (each redraws its curves: not free)
 
 
 def job_panel(
@@ -30,7 +32,7 @@ def job_panel(
     """
     seen = f"{kind}_job_seen_running"
 
-    @st.fragment(run_every=1.0 if job.active else None)
+    @st.fragment(run_every=POLL_S if job.active else None)
     def poll() -> None:
         current = registry().get(job.id) or job
         if current.active:

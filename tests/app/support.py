@@ -55,7 +55,7 @@ def page_text(at: AppTest) -> str:
 def wait_until(
     at: AppTest, condition: Callable[[AppTest], bool], *, timeout: float = 90.0
 ) -> AppTest:
-    """Rerun ``at`` (what the polling fragment does once a second) until ``condition`` holds."""
+    """Rerun ``at`` (what the polling fragment does every few seconds) until ``condition`` holds."""
     deadline = time.monotonic() + timeout
     while True:
         at.run()

@@ -206,15 +206,24 @@ def test_budget_page_renders_for_the_diffusion_demo(
 # --------------------------------------------------------------------------- the demos, page by page
 # A first-time user's walk: each demo model chosen on the Model page, then every page in the order
 # the navigation lists them, each checked for exceptions and a literal "None", and photographed.
-# The photographs go to the test's folder, and to docs/pages/<model>-<page>.png (linked from the
-# README) when one is missing or LAYERMERGE_UPDATE_SCREENSHOT=1; each is shrunk to a small palette
-# PNG, a few tens of KB.
+# The photographs go to the test's folder; the few named in DOC_SHOTS also go to
+# docs/pages/<model>-<page>.png (linked from the README) when one is missing or
+# LAYERMERGE_UPDATE_SCREENSHOT=1, shrunk to a small palette PNG of a few tens of KB.
 
 DEMOS = ("digits_resnet", "digits_mobilenet", "digits_unet")
 WALK = ("Model", "Tables", "Budget", "Finetune", "Export", "Learn")
 PAGE_SHOTS = ROOT / "docs" / "pages"
 SHOT_WIDTH = 800  # pixels of the saved photograph (the viewport is wider, then scaled down)
 MAX_HEIGHT = 4000  # pixels of the viewport a photograph is taken in, at most
+FINETUNED, FINETUNE_STEPS = "digits_resnet", 60  # the walk that also runs a short finetune
+DOC_SHOTS = (  # the photographs docs/pages keeps (the README's); the walk takes all of them
+    "digits_resnet-model",  # the first-visit hint, the folded fields, the chain and its legend
+    "digits_mobilenet-budget",  # a solution: removed activations, ◇ linear positions, sidebar
+    "digits_resnet-finetune",  # a finished job: its label, curves, test accuracy, the original
+    "digits_resnet-export",  # the header naming what the files hold, numbers that read
+    "digits_unet-finetune",  # the recommended steps and the timed duration estimate
+    "digits_unet-tables",  # a UNet's tables: no column of blanks, sensible digits
+)
 
 
 def _choose_model(page: object, model: str) -> None:
@@ -250,13 +259,23 @@ def _photograph(page: object, name: str, folder: Path) -> Path:
     page.set_viewport_size({"width": 1400, "height": 1000})
     small = folder / f"{name}-small.png"
     _shrink(shot, small)
-    if (
-        not (PAGE_SHOTS / f"{name}.png").exists()
-        or os.environ.get("LAYERMERGE_UPDATE_SCREENSHOT") == "1"
-    ):
+    update = os.environ.get("LAYERMERGE_UPDATE_SCREENSHOT") == "1"
+    if name in DOC_SHOTS and (update or not (PAGE_SHOTS / f"{name}.png").exists()):
         PAGE_SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(small, PAGE_SHOTS / f"{name}.png")
     return shot
+
+
+def _short_finetune(page: object) -> None:
+    """Start a short finetune, watch it run, wait for its results (curves, accuracies)."""
+    steps = page.get_by_label("Steps", exact=True)
+    steps.fill(str(FINETUNE_STEPS))
+    steps.press("Enter")
+    _wait_idle(page)
+    page.get_by_role("button", name="Start finetuning").click()
+    page.get_by_test_id("stProgress").first.wait_for(timeout=120_000)
+    page.get_by_text("Merged, finetuned", exact=True).first.wait_for(timeout=600_000)
+    _wait_idle(page)
 
 
 @pytest.mark.parametrize("model", DEMOS)
@@ -272,6 +291,8 @@ def test_walk_every_page_of_a_demo(
         _wait_idle(page)
         page.get_by_test_id("stSidebar").get_by_text("Solution").first.wait_for(timeout=60_000)
         assert page.get_by_test_id("stException").count() == 0, f"{model} / {title}"
+        if title == "Finetune" and model == FINETUNED:
+            _short_finetune(page)
         text = page.get_by_test_id("stMain").inner_text()
         assert not re.search(r"\bNone\b", text), f"{model} / {title} says None:\n{text[:3000]}"
         _photograph(page, f"{model}-{title.lower()}", tmp_path)

@@ -76,7 +76,7 @@ def finetune_form(solution: Solution) -> None:
         label = f"SGD, lr {config.lr:g}, batch {config.batch_size}, {count(config.steps)} steps"
         if config.distill_alpha:
             label += f", distillation {config.distill_alpha:g}"
-        estimate = config.steps * seconds if seconds and config.batch_size == batch else None
+        estimate = seconds.seconds(config.steps) if seconds and config.batch_size == batch else None
         jobs_finetune.start_classifier_finetune(solution, config, label=label, estimate_s=estimate)
         st.rerun()
 

@@ -102,7 +102,7 @@ def finetune_form(solution: Solution) -> None:
             fd_samples=int(values.uft_fd),
             sampling_steps=int(values.uft_sampling_steps),
             label=label,
-            estimate_s=config.steps * seconds if seconds else None,
+            estimate_s=seconds.seconds(config.steps) if seconds else None,
         )
         st.rerun()
 
