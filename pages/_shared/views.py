@@ -107,7 +107,7 @@ def solution_rows(solution: Solution, chain: Chain) -> pd.DataFrame:
                 "depthwise": seg.depthwise,
                 "stride": seg.stride,
                 "channels": f"{chain.convs[seg.start + 1].in_channels}→{chain.convs[seg.end].out_channels}",
-                "activation after": plan.get(seg.end, "— (removed)"),
+                "activation after": _activation_after(chain, plan, seg.end),
                 "latency ms": seg.latency_ms,
                 "importance": seg.importance,
             }
@@ -232,6 +232,14 @@ def export_header(solution: Solution, form: str) -> None:
         f"**{solution.method}** at {ms(solution.latency_ms)} predicted "
         f"({len(solution.segments)} segments) · {form}"
     )
+
+
+def _activation_after(chain: Chain, plan: Mapping[int, str], position: int) -> str:
+    """What runs after ``position``: kept, added (a linear position ending a merge), or nothing."""
+    original = chain.activations[position]
+    if position in plan:
+        return plan[position] if original is not None else f"{plan[position]} (added)"
+    return "— (removed)" if original is not None else "— (none in the original)"
 
 
 def _listing(values: Sequence[int]) -> str:

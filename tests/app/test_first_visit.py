@@ -181,6 +181,16 @@ def test_removed_activations_never_list_positions_without_one() -> None:
     family = family_of("digits_mobilenet")
     chain = family.chain_of(family.trace(family.load("digits_mobilenet")))
     assert all(chain.activations[p] is not None for p in removed), summary
+    table = next(f.value for f in at.dataframe if "activation after" in f.value.columns)
+    for segment, after in zip(table["segment"], table["activation after"], strict=True):
+        end = int(segment.strip("(]").split(",")[1])
+        if after == "— (removed)":
+            assert chain.activations[end] is not None, (segment, after)
+        assert (
+            chain.activations[end] is not None
+            or "none in the original" in after
+            or ("(added)" in after)
+        ), (segment, after)
 
 
 def test_the_learn_page_draws_the_budget_line_without_the_budget_page() -> None:

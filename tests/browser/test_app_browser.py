@@ -237,13 +237,13 @@ def _choose_model(page: object, model: str) -> None:
 
 
 def _shrink(source: Path, target: Path) -> None:
-    """A small copy of a screenshot: scaled to SHOT_WIDTH, 32 colours, optimised PNG."""
+    """A small copy of a screenshot: scaled to SHOT_WIDTH, 64 colours, optimised PNG."""
     from PIL import Image
 
     with Image.open(source) as image:
         height = round(image.height * SHOT_WIDTH / image.width)
         small = image.convert("RGB").resize((SHOT_WIDTH, height), Image.Resampling.LANCZOS)
-        small.quantize(colors=32, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+        small.quantize(colors=64, method=Image.Quantize.FASTOCTREE).save(target, optimize=True)
 
 
 def _photograph(page: object, name: str, folder: Path) -> Path:
@@ -251,6 +251,7 @@ def _photograph(page: object, name: str, folder: Path) -> Path:
     tall = page.evaluate(
         "() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight"
     )
+    page.mouse.move(0, 0)  # no button hovered in the picture
     page.set_viewport_size({"width": 1400, "height": max(800, min(int(tall) + 80, MAX_HEIGHT))})
     _wait_idle(page)
     page.wait_for_timeout(1500)  # plotly redraws at the new size
