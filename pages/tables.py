@@ -44,7 +44,8 @@ scale = f" ({meta['importance_normalization']})" if meta.get("importance_normali
 st.caption(
     f"{used.source} tables in {short_path(used.directory)} · {recorded['backend']} on "
     f"{recorded['device']}{f' ({cpu})' if cpu else ''}, batch {recorded['batch']}"
-    f"{f', {threads} thread(s)' if threads else ''} · importance: {mode}{scale} on "
+    f"{f', {threads} thread' + ('s' if threads != 1 else '') if threads else ''} · importance: "
+    f"{mode}{scale} on "
     f"{recorded['data']}"
 )
 

@@ -215,7 +215,7 @@ WALK = ("Model", "Tables", "Budget", "Finetune", "Export", "Learn")
 PAGE_SHOTS = ROOT / "docs" / "pages"
 SHOT_WIDTH = 800  # pixels of the saved photograph (the viewport is wider, then scaled down)
 MAX_HEIGHT = 4000  # pixels of the viewport a photograph is taken in, at most
-FINETUNED, FINETUNE_STEPS = "digits_resnet", 60  # the walk that also runs a short finetune
+FINETUNED, FINETUNE_STEPS = "digits_resnet", 40  # the walk that also runs a short finetune
 DOC_SHOTS = (  # the photographs docs/pages keeps (the README's); the walk takes all of them
     "digits_resnet-model",  # the first-visit hint, the folded fields, the chain and its legend
     "digits_mobilenet-budget",  # a solution: removed activations, ◇ linear positions, sidebar
