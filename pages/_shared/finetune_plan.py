@@ -8,8 +8,10 @@ timing would keep the page waiting (a big model), it waits for a click.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,10 +20,11 @@ import streamlit as st
 from core.chain import Chain
 from core.families.unet.finetune import UNetFinetuneConfig, finetune_unet
 from core.families.unet.flow import apply_unet_solution
-from core.finetune import FinetuneConfig, finetune
+from core.finetune import FinetuneConfig, evaluate, finetune
 from core.solution import Solution
 from core.surgery import build_training_network
 from pages._shared import caches, state
+from pages._shared.jobs_finetune import EVALUATIONS, INTERIM_TEST_IMAGES
 from pages._shared.numbers import count, duration
 from pages._shared.state import ModelChoice
 from pages._shared.tables_in_use import TablesInUse
@@ -87,12 +90,14 @@ class Pace:
 
     warm_s: float
     step_s: float
+    evaluation_s: float = 0.0  # one interim test evaluation (a classifier job runs EVALUATIONS)
 
     def seconds(self, steps: int) -> float:
-        """The predicted duration of ``steps`` steps."""
+        """The predicted duration of ``steps`` steps, with the job's interim evaluations."""
+        tests = EVALUATIONS * self.evaluation_s
         if steps <= WARM_STEPS:
-            return self.warm_s * steps / WARM_STEPS
-        return self.warm_s + (steps - WARM_STEPS) * self.step_s
+            return self.warm_s * steps / WARM_STEPS + tests
+        return self.warm_s + (steps - WARM_STEPS) * self.step_s + tests
 
 
 def step_seconds(
@@ -127,8 +132,14 @@ def duration_note(steps: int, pace: Pace | None, *, after: str = "") -> str:
         f"**Estimated duration: about {duration(pace.seconds(steps))}** for {count(steps)} "
         f"steps. {TIMED_STEPS} steps of this solution were timed here: "
         f"{duration(pace.warm_s)} for the first {WARM_STEPS} (warm-up), then {pace.step_s:.2g} s "
-        f"per step. A prediction, on a machine others may share: the job shows its real pace "
-        f"and ETA{after}."
+        f"per step"
+        + (
+            f", and {EVALUATIONS} test evaluations of {pace.evaluation_s:.2g} s"
+            if pace.evaluation_s
+            else ""
+        )
+        + ". A prediction, on a machine others may share: the job shows its real pace and ETA"
+        + f"{after}."
     )
 
 
@@ -141,7 +152,9 @@ def time_classifier_steps(key: tuple, _solution: Solution, _which: ModelChoice) 
     elapsed: list[float] = []
     data = caches.data(_which).finetune
     finetune(network, data, config=config, progress=lambda r: elapsed.append(r.elapsed_s))
-    return _per_step(elapsed)
+    started = time.perf_counter()
+    evaluate(network, caches.data(_which).test, limit=INTERIM_TEST_IMAGES)  # as the job does
+    return dataclasses.replace(_per_step(elapsed), evaluation_s=time.perf_counter() - started)
 
 
 @st.cache_data(show_spinner="Timing a few training steps…", max_entries=32)

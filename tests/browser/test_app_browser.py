@@ -114,6 +114,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.kill()
 
 
+def _nav(page: object, title: str) -> object:
+    """The sidebar navigation's link to the page titled ``title`` (not a "Next → ..." link)."""
+    return page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True)
+
+
 def _wait_idle(page: object) -> None:
     page.wait_for_timeout(300)  # let the rerun start before waiting for it to end
     page.wait_for_selector(IDLE, state="attached", timeout=120_000)
@@ -129,7 +134,7 @@ def test_budget_slider_moves_the_solution(browser: object, server: str, tmp_path
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
     page.goto(server)
     _wait_idle(page)
-    page.get_by_role("link", name="Budget").click()
+    _nav(page, "Budget").click()
     _wait_idle(page)
     page.get_by_role("heading", name="Latency budget").wait_for(timeout=60_000)
     page.wait_for_selector("[data-testid='stSlider'], [data-testid='stAlert']", timeout=60_000)
@@ -176,7 +181,7 @@ def test_budget_page_renders_for_the_diffusion_demo(
     page.get_by_role("button", name="Use this model").click()
     _wait_idle(page)
     page.get_by_test_id("stImage").first.wait_for(timeout=120_000)  # the sample grid
-    page.get_by_role("link", name="Tables").click()
+    _nav(page, "Tables").click()
     _wait_idle(page)
     page.get_by_role("heading", name="Latency and importance tables").wait_for(timeout=60_000)
     missing = page.get_by_text("No tables for digits_unet")
@@ -188,7 +193,7 @@ def test_budget_page_renders_for_the_diffusion_demo(
         measure_unet_latency(bundle, uchain, timing, out=out)
         importance = UNetImportanceConfig(steps=0, holdout_images=16)
         estimate_unet_importance(bundle, uchain, load_diffusion_data("digits"), importance, out=out)
-    page.get_by_role("link", name="Budget").click()
+    _nav(page, "Budget").click()
     _wait_idle(page)
     page.get_by_role("heading", name="Latency budget").wait_for(timeout=60_000)
     page.get_by_role("slider").wait_for(timeout=60_000)
@@ -227,7 +232,7 @@ DOC_SHOTS = (  # the photographs docs/pages keeps (the README's); the walk takes
 
 
 def _choose_model(page: object, model: str) -> None:
-    page.get_by_role("link", name="Model").click()
+    _nav(page, "Model").click()
     _wait_idle(page)
     page.get_by_test_id("stSelectbox").first.click()
     page.get_by_role("option", name=model, exact=True).click()
@@ -288,7 +293,7 @@ def test_walk_every_page_of_a_demo(
     _wait_idle(page)
     _choose_model(page, model)
     for title in WALK:
-        page.get_by_role("link", name=title, exact=True).first.click()
+        _nav(page, title).click()
         _wait_idle(page)
         page.get_by_test_id("stSidebar").get_by_text("Solution").first.wait_for(timeout=60_000)
         assert page.get_by_test_id("stException").count() == 0, f"{model} / {title}"
