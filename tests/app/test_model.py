@@ -23,8 +23,7 @@ class _Evil:
         return (os.system, (f"touch {self.path}",))
 
 
-# AppTest 1.67 keeps the sidebar (drawn next to st.navigation) only in its first run's tree, so
-# after an interaction these tests read the session's choice instead of the sidebar.
+# These tests read the session's choice: what the sidebar shows is tested in test_pages.py.
 
 
 def submit(at: AppTest) -> AppTest:
