@@ -1,4 +1,8 @@
-"""Export: the compressed checkpoint and its ONNX graph, with how they compare to the original."""
+"""Export: the compressed checkpoint and its ONNX graph, with how they compare to the original.
+
+The header names the model, the solution and how the network was made (finetuned by which job,
+or merged straight from the original); the files hold exactly that network.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ solution = frame.require(
 )
 view = panels.current().export_view(solution, used)
 which = state.choice()
-stem = file_stem(which, solution)
+stem = f"{file_stem(which, solution)}-{view.tag}"
 left, right = st.columns(2)
 left.download_button(
     "Download the compressed checkpoint (.pt)",

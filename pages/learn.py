@@ -78,8 +78,7 @@ if used is None:
     st.info("This picture needs the latency and importance tables (Tables page).")
     st.stop()
 method = solution.method if solution is not None else "layermerge"
-percent = st.session_state.get("budget")
-budget = budget_ms(used, percent) if percent else None
+budget = budget_ms(used, state.budget_percent())  # the Budget slider's, or its starting value
 st.markdown(
     "A solution is a path from position 0 to the last one; each step is a segment (i, j] with a "
     "kernel option, costing its table latency and earning its importance. At each position the "

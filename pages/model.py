@@ -7,6 +7,7 @@ import streamlit as st
 from core.errors import LayerMergeError
 from core.families import family_for, list_models
 from pages._shared import caches, frame, panels, state
+from pages._shared.messages import explain, upload_problem
 
 frame.frame_guard()
 
@@ -20,20 +21,36 @@ def requested_name() -> str:
     return values.model_name
 
 
-def apply_form() -> None:
-    """Build what the form describes; switch the session to it only if everything loads."""
-    values = st.session_state
+def apply_form() -> str:
+    """Build what the form describes; switch the session to it only if everything loads.
+
+    Returns:
+        What the success message says of the weights now in use.
+    """
+    values, current = st.session_state, state.choice()
     name = requested_name()
+    width = float(values.model_width)
+    same_net = (name, width) == (current.name, current.width)
+    keep = same_net and state.weights() is not None and not values.get("default_weights")
     request = panels.ModelRequest(
         name=name,
-        width=float(values.model_width),
+        width=width,
         input_size=int(values.model_input_size) if values.model_input_size else None,
         upload=values.weights_upload,
         data_kind=values.data_kind,
         data_path=values.data_path,
+        kept=(state.weights(), current.weights_key, current.weights_label) if keep else None,
     )
     new, weights = panels.panel_for(family_for(name)).choose(request)
     state.set_choice(new, weights)
+    if values.weights_upload is not None:
+        return f"with the weights of {values.weights_upload.name}"
+    if keep:
+        return f"still with your weights {current.weights_label}"
+    note = f"with {frame.weights_words(new)}"
+    if state.weights() is None and current.weights_key != "default" and not same_net:
+        note += f" ({current.weights_label} was for {current.label} and is not used)"
+    return note
 
 
 st.title("Model")
@@ -46,6 +63,7 @@ if owner is not None:
     index = options.index(owner.option)
 else:
     index = names.index(current.name) if current.name in names else 0
+advanced = owner is not None or current.width != 1.0
 with st.form("model_form"):
     left, right = st.columns(2)
     left.selectbox(
@@ -53,16 +71,18 @@ with st.form("model_form"):
         options,
         key="model_name",
         index=index,
-        help="A registry model, or: " + "; ".join(source.help for source in sources),
+        help="A registry model, or (under Advanced): " + "; ".join(s.help for s in sources),
     )
+    folded = left.expander("Advanced: your own architecture, width, input size", advanced)
     for source in sources:
-        left.text_input(
+        folded.text_input(
             source.label,
             key=source.key,
             value=source.text_of(current.name) if source is owner else "",
             placeholder=source.placeholder,
+            help=f"used when Architecture is '{source.option}'",
         )
-    left.number_input(
+    folded.number_input(
         "Width multiplier (mobilenet_v2 and the digits CNNs)",
         min_value=0.25,
         max_value=4.0,
@@ -70,7 +90,7 @@ with st.form("model_form"):
         value=current.width,
         key="model_width",
     )
-    left.number_input(
+    folded.number_input(
         "Input size in pixels (empty: the model's default)",
         min_value=8,
         max_value=1024,
@@ -79,10 +99,15 @@ with st.form("model_form"):
         key="model_input_size",
     )
     right.file_uploader(
-        "Weights: a state_dict file (.pt/.pth; torchvision's files work)",
-        type=["pt", "pth", "bin", "ckpt"],
+        "Weights: a state_dict file (.pt, .pth, .bin or .ckpt; torchvision's files work)",
         key="weights_upload",
+        help="read with torch.load(weights_only=True): tensors only, never pickled code",
     )
+    if state.weights() is not None:
+        right.checkbox(
+            f"Go back to the default weights (now: {current.weights_label})",
+            key="default_weights",
+        )
     kinds = list(panels.DATA_KINDS)
     right.radio(
         "Data",
@@ -99,13 +124,17 @@ with st.form("model_form"):
     )
     submitted = st.form_submit_button("Use this model", key="use_model", type="primary")
 if submitted:
+    upload = st.session_state.weights_upload
+    refused = upload_problem(upload.name) if upload is not None else None
     try:
+        if refused is not None:
+            raise LayerMergeError(refused)
         with st.spinner("Loading the weights, tracing the chain…"):
-            apply_form()
+            weights_note = apply_form()
     except LayerMergeError as exc:
-        st.error(str(exc))
+        st.error(f"{explain(exc)} Still using {current.label} with {frame.weights_words(current)}.")
     else:  # rerun so the sidebar frame, drawn before this page, shows the new model
-        st.session_state.model_flash = f"Now using {state.choice().label}."
+        st.session_state.model_flash = f"Now using {state.choice().label} {weights_note}."
         st.rerun()
 if "model_flash" in st.session_state:
     st.success(st.session_state.pop("model_flash"))

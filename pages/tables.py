@@ -6,6 +6,7 @@ import streamlit as st
 
 from pages._shared import figures, frame, jobs, panels, state, views
 from pages._shared.job_view import job_panel
+from pages._shared.numbers import ms
 from pages._shared.paths import short_path
 from pages._shared.tables_in_use import computed_tables_dir, tables_in_use
 
@@ -14,13 +15,16 @@ frame.frame_guard()
 st.title("Latency and importance tables")
 panel = panels.current()
 job = jobs.registry().get(state.job_id("tables"))
+if job is not None and not state.same_model(job.config["choice"], state.choice()):
+    if job.active:  # another model's: it belongs there, not here
+        st.caption(f"{job.title} is running in the background; switch back to see it.")
+    job = None
 if job is not None and (job.active or job.status in ("failed", "cancelled")):
-    owner = panels.panel_of(job.config["choice"])  # the job's model, maybe not the session's
     job_panel(
         job,
         "tables",
-        cancel_label=owner.tables_cancel_label,
-        stopped_note=owner.tables_stopped_note,
+        cancel_label=panel.tables_cancel_label,
+        stopped_note=panel.tables_stopped_note,
     )
 used = tables_in_use()
 if used is None:
@@ -33,21 +37,25 @@ if used is None:
     st.stop()
 
 tables, meta = used.tables, used.tables.meta
+recorded = {key: meta.get(key) or "not recorded" for key in ("backend", "device", "batch", "data")}
+cpu, threads = meta.get("cpu"), meta.get("threads")
+mode = meta.get("importance_mode") or meta.get("importance_kind") or "not recorded"
+scale = f" ({meta['importance_normalization']})" if meta.get("importance_normalization") else ""
 st.caption(
-    f"{used.source} tables in {short_path(used.directory)} · {meta.get('backend', '?')} on "
-    f"{meta.get('device', '?')} ({meta.get('cpu', '')}), batch {meta.get('batch', '?')}, "
-    f"{meta.get('threads', '?')} thread(s) · importance: "
-    f"{meta.get('importance_mode') or meta.get('importance_kind', '?')} "
-    f"({meta.get('importance_normalization', '?')}) on {meta.get('data', '?')}"
+    f"{used.source} tables in {short_path(used.directory)} · {recorded['backend']} on "
+    f"{recorded['device']}{f' ({cpu})' if cpu else ''}, batch {recorded['batch']}"
+    f"{f', {threads} thread' + ('s' if threads != 1 else '') if threads else ''} · importance: "
+    f"{mode}{scale} on "
+    f"{recorded['data']}"
 )
 
 st.subheader("Additivity: is the table sum the network's latency?")
 table_ms, network_ms = tables.original_latency_ms, meta.get("network_latency_ms")
 cols = st.columns(3)
-cols[0].metric("Table sum, keep everything", f"{table_ms:.4g} ms")
+cols[0].metric("Table sum, keep everything", ms(table_ms))
 if network_ms:
     error = (table_ms - network_ms) / network_ms
-    cols[1].metric("Whole network, measured", f"{network_ms:.4g} ms")
+    cols[1].metric("Whole network, measured", ms(network_ms))
     cols[2].metric("Surrogate error", f"{error:+.1%}")
     st.caption(panel.additivity_note(error))
 else:
@@ -77,6 +85,14 @@ st.caption(
 )
 
 st.subheader("All entries")
-st.dataframe(views.entries_frame(tables), hide_index=True, key="entries_table")
+st.dataframe(
+    views.entries_frame(tables),
+    hide_index=True,
+    key="entries_table",
+    column_config={
+        name: st.column_config.NumberColumn(format=spec)
+        for name, spec in views.ENTRY_FORMATS.items()
+    },
+)
 with st.expander("meta.json"):
     st.json(meta, expanded=False)

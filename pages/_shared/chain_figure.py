@@ -17,8 +17,10 @@ from pages._shared.figures import METHOD_COLORS
 
 __all__ = ["chain_figure"]
 
-KEPT, REMOVED, PRUNABLE, FIXED = "#2a9d8f", "#bbbbbb", "#f4a261", "#8d99ae"
+KEPT, REMOVED, PRUNABLE, FIXED = "#2a9d8f", "#bbbbbb", "#f4a261", "#5c677d"
+ACTIVE = "#264653"  # an activation the network keeps
 _BOX_HALF = 0.36  # half-width of a conv box, in positions
+_HEAD_WORDS = {"avgpool": "pool", "maxpool": "pool", "linear": "fc", "flatten": "", "dropout": ""}
 
 
 def chain_figure(chain: Chain, solution: Solution | None = None, *, height: int = 300) -> go.Figure:
@@ -108,22 +110,31 @@ def chain_figure(chain: Chain, solution: Solution | None = None, *, height: int 
                     "line": {"color": "#888", "dash": "dash", "width": 1},
                 }
             )
-    shapes.append(
-        {
-            "type": "rect",
-            "x0": last + 0.7,
-            "x1": last + 1.7,
-            "y0": 0.1,
-            "y1": 0.9,
-            "fillcolor": FIXED,
-            "line": {"color": "#333", "width": 1},
-            "layer": "below",
-        }
-    )
-    head = " → ".join(op.kind.replace("adaptive_", "").replace("2d", "") for op in chain.head)
-    annotations.append(
-        {"x": last + 1.2, "y": 0.5, "text": "head", "showarrow": False, "hovertext": head}
-    )
+    head = [op.kind.replace("adaptive_", "").replace("2d", "") for op in chain.head]
+    shown = [_HEAD_WORDS.get(kind, kind) for kind in head if _HEAD_WORDS.get(kind, kind)]
+    if head:  # the layers after the last conv, which no solution changes
+        shapes.append(
+            {
+                "type": "rect",
+                "x0": last + 0.6,
+                "x1": last + 1.8,
+                "y0": 0,
+                "y1": 1,
+                "fillcolor": FIXED,
+                "line": {"color": "#333", "width": 1},
+                "layer": "below",
+            }
+        )
+        annotations.append(
+            {
+                "x": last + 1.2,
+                "y": 0.5,
+                "text": "<b>head</b><br>" + ", ".join(shown),
+                "showarrow": False,
+                "font": {"size": 10, "color": "white"},
+                "hovertext": "kept as it is: " + " → ".join(head),
+            }
+        )
     traces = [
         {
             "type": "scatter",
@@ -136,34 +147,23 @@ def chain_figure(chain: Chain, solution: Solution | None = None, *, height: int 
             "hoverinfo": "text",
             "showlegend": False,
         },
-        _activation_markers(chain, acts),
+        *_legend(solution, has_head=bool(head)),
+        *_activation_markers(chain, acts),
         *_residual_arcs(chain),
+        *_break_legend(chain),
     ]
-    for name, color in (("kept conv", KEPT), ("prunable conv", PRUNABLE), ("pruned conv", REMOVED)):
-        if name == "pruned conv" and kept is None or name == "prunable conv" and kept is not None:
-            continue
-        traces.append(
-            {
-                "type": "scatter",
-                "x": [None],
-                "y": [None],
-                "mode": "markers",
-                "name": name,
-                "marker": {"symbol": "square", "size": 12, "color": color},
-            }
-        )
     layout = {
         "height": height,
-        "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
+        "margin": {"l": 10, "r": 10, "t": 70, "b": 10},
         "xaxis": {
             "title": {"text": "position (conv index)"},
             "range": [-0.8, last + 1.9],
-            "dtick": 1,
+            "tickvals": list(range(last + 1)),
             "showgrid": False,
             "zeroline": False,
         },
         "yaxis": {"visible": False, "range": [-1.1, 2.9]},
-        "legend": {"orientation": "h", "y": 1.12, "x": 0},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
         "plot_bgcolor": "white",
         "shapes": shapes,
         "annotations": annotations,
@@ -171,37 +171,78 @@ def chain_figure(chain: Chain, solution: Solution | None = None, *, height: int 
     return go.Figure({"data": traces, "layout": layout})
 
 
-def _activation_markers(chain: Chain, acts: set[int] | None) -> dict:
-    symbols, colors, hover = [], [], []
-    for position, kind in enumerate(chain.activations):
-        if acts is not None and position not in acts:
-            symbols.append("circle-open")
-            colors.append(REMOVED)
-            hover.append(f"position {position}: {kind or 'linear'} removed (identity)")
-        elif kind is None:
-            symbols.append("diamond-open")
-            colors.append("#333")
-            hover.append(f"position {position}: no activation in the original (linear)")
-        else:
-            symbols.append("circle")
-            colors.append("#264653")
-            hover.append(f"position {position}: {kind} kept")
-    count = len(chain.activations)
-    return {
-        "type": "scatter",
-        "x": [p + 0.5 for p in range(count)],
-        "y": [0.5] * count,
-        "mode": "markers",
-        "hovertext": hover,
-        "hoverinfo": "text",
-        "marker": {
-            "symbol": symbols,
-            "size": 10,
-            "color": colors,
-            "line": {"width": 2, "color": colors},
-        },
-        "name": "activation (hollow: removed)",
+def _activation_markers(chain: Chain, acts: set[int] | None) -> list[dict]:
+    """The activation slots, one legend entry per kind of marker the picture draws."""
+    kinds: dict[str, tuple[str, str, list[int], list[str]]] = {
+        "kept": ("circle", ACTIVE, [], []),
+        "removed": ("circle-open", REMOVED, [], []),
+        "linear": ("diamond-open", "#333", [], []),
     }
+    for position, kind in enumerate(chain.activations):
+        if kind is None:
+            key, text = "linear", f"position {position}: no activation in the original (linear)"
+        elif acts is not None and position not in acts:
+            key, text = "removed", f"position {position}: {kind} removed (identity)"
+        else:
+            key, text = "kept", f"position {position}: {kind}" + (" kept" if acts else "")
+        kinds[key][2].append(position)
+        kinds[key][3].append(text)
+    names = {
+        "kept": "activation (ReLU, SiLU, …)" if acts is None else "kept activation",
+        "removed": "removed activation (identity)",
+        "linear": "no activation in the original (linear, e.g. a bottleneck's output)",
+    }
+    return [
+        {
+            "type": "scatter",
+            "x": [p + 0.5 for p in positions],
+            "y": [0.5] * len(positions),
+            "mode": "markers",
+            "hovertext": hover,
+            "hoverinfo": "text",
+            "marker": {"symbol": symbol, "size": 10, "color": color, "line": {"width": 2}},
+            "name": names[key],
+        }
+        for key, (symbol, color, positions, hover) in kinds.items()
+        if positions
+    ]
+
+
+def _legend(solution: Solution | None, *, has_head: bool) -> list[dict]:
+    """Legend-only entries for what the picture draws as shapes: boxes, bands, breaks, head."""
+    squares = [("kept conv", KEPT)]
+    squares.append(("prunable conv", PRUNABLE) if solution is None else ("pruned conv", REMOVED))
+    if solution is not None:
+        squares.append(("merged segment (→ its kernel)", "rgba(228,87,46,0.25)"))
+    if has_head:
+        squares.append(("head (unchanged)", FIXED))
+    return [
+        {
+            "type": "scatter",
+            "x": [None],
+            "y": [None],
+            "mode": "markers",
+            "name": name,
+            "marker": {"symbol": "square", "size": 12, "color": color},
+        }
+        for name, color in squares
+    ]
+
+
+def _break_legend(chain: Chain) -> list[dict]:
+    """The legend entry of the dashed break lines, when the picture draws any."""
+    if not any(0 < p < chain.last_position for p in chain.breaks):
+        return []
+    return [
+        {
+            "type": "scatter",
+            "x": [None],
+            "y": [None],
+            "mode": "lines",
+            "name": "break (no merged segment crosses it)",
+            "line": {"color": "#888", "dash": "dash", "width": 1},
+        }
+    ]
 
 
 def _residual_arcs(chain: Chain) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Plotly figures of frontiers, tables and finetune curves (the chain has its own module).
+"""Plotly figures of frontiers and tables (the chain and the finetune curves have their own).
 
 Every function takes core's frozen dataclasses or plain records and returns a new ``go.Figure``;
 none imports Streamlit, so each can be tried in a notebook.
@@ -6,13 +6,11 @@ none imports Streamlit, so each can be tried in a notebook.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from core.tables import Tables
 
@@ -24,8 +22,6 @@ __all__ = [
     "METHOD_COLORS",
     "frontier_figure",
     "table_heatmap",
-    "accuracy_curves",
-    "eps_loss_curves",
 ]
 
 METHOD_COLORS = {"layermerge": "#e4572e", "depth": "#4c72b0", "layer": "#55a868"}
@@ -235,49 +231,5 @@ def table_heatmap(
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         xaxis={"title": "end j", "dtick": 1 if last <= 20 else 5},
         yaxis={"title": "start i", "autorange": "reversed", "dtick": 1 if last <= 20 else 5},
-    )
-    return figure
-
-
-def accuracy_curves(history: Sequence[Mapping[str, Any]]) -> go.Figure:
-    """A classifier finetune so far: training loss and training accuracy per step."""
-    frame = pd.DataFrame(history)
-    figure = make_subplots(specs=[[{"secondary_y": True}]])
-    figure.add_trace(go.Scatter(x=frame.step, y=frame.loss, name="loss"), secondary_y=False)
-    figure.add_trace(
-        go.Scatter(x=frame.step, y=frame.accuracy, name="train accuracy %"), secondary_y=True
-    )
-    figure.update_layout(
-        height=300,
-        margin=_CURVE_MARGIN,
-        xaxis_title="step",
-        legend={"orientation": "h", "y": 1.15},
-    )
-    return figure
-
-
-def eps_loss_curves(history: Sequence[Mapping[str, Any]]) -> go.Figure:
-    """A diffusion finetune so far: training ε-loss per step, holdout ε-loss where measured."""
-    frame = pd.DataFrame(history)
-    figure = go.Figure()
-    figure.add_trace(go.Scatter(x=frame.step, y=frame.loss, name="training ε-loss (MSE)"))
-    marks = frame.dropna(subset=["holdout"])
-    if len(marks):
-        figure.add_trace(
-            go.Scatter(
-                x=marks.step,
-                y=marks.holdout,
-                name="holdout ε-loss (sum over pixels)",
-                mode="lines+markers",
-                yaxis="y2",
-            )
-        )
-    figure.update_layout(
-        height=300,
-        margin=_CURVE_MARGIN,
-        xaxis_title="step",
-        yaxis={"title": "training"},
-        yaxis2={"title": "holdout", "overlaying": "y", "side": "right"},
-        legend={"orientation": "h", "y": 1.15},
     )
     return figure

@@ -1,40 +1,74 @@
-"""The frame around every page: the navigation, the sidebar, and the polite stop of a page.
+"""The frame around every page: the navigation, the sidebar, the first-visit hint, polite stops.
 
-app.py draws this frame before and after the page it runs (the "picture frame" of
-``st.navigation``), so the sidebar always shows the model, tables and solution in use.
+app.py draws this frame around the page it runs (the "picture frame" of ``st.navigation``): the
+sidebar shows the model, tables and solution in use and a link to the next step, whether the page
+runs to its end or stops early; a session's first page opens with a three-line hint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import streamlit as st
 
 from core.errors import LayerMergeError
 from pages._shared import caches, state
+from pages._shared.messages import explain
+from pages._shared.numbers import ms
 from pages._shared.paths import ROOT, short_path
-from pages._shared.tables_in_use import tables_in_use
+from pages._shared.state import ModelChoice
+from pages._shared.tables_in_use import solution_or_default, tables_in_use
 
-__all__ = ["page_list", "frame_guard", "sidebar_frame", "sidebar_solution", "require"]
+__all__ = [
+    "STEPS",
+    "page_list",
+    "framed",
+    "frame_guard",
+    "require",
+    "sidebar_frame",
+    "sidebar_solution",
+    "weights_words",
+    "first_visit_hint",
+]
 
 T = TypeVar("T")
+_RUN = threading.local()  # per script thread: is app.py's frame around the page running now?
+
+# The pages in the order a person uses them: file stem, title, icon, what it is for.
+STEPS = (
+    ("model", "Model", ":material/account_tree:", "choose the network, its weights and its data"),
+    ("tables", "Tables", ":material/grid_on:", "see the latency and importance tables"),
+    ("budget", "Budget", ":material/speed:", "pick a latency budget; the DP answers"),
+    ("finetune", "Finetune", ":material/model_training:", "train the chosen solution"),
+    ("export", "Export", ":material/download:", "download the compressed network"),
+    ("learn", "Learn", ":material/school:", "see how LayerMerge works on your model"),
+)
+_SECTIONS = {"Compress": STEPS[:5], "Understand": STEPS[5:]}
 
 
 def page_list() -> dict[str, list[st.Page]]:
     """The app's pages, by section (app.py registers them with st.navigation)."""
     folder = ROOT / "pages"
     return {
-        "Compress": [
-            st.Page(
-                folder / "model.py", title="Model", icon=":material/account_tree:", default=True
-            ),
-            st.Page(folder / "tables.py", title="Tables", icon=":material/grid_on:"),
-            st.Page(folder / "budget.py", title="Budget", icon=":material/speed:"),
-            st.Page(folder / "finetune.py", title="Finetune", icon=":material/model_training:"),
-            st.Page(folder / "export.py", title="Export", icon=":material/download:"),
-        ],
-        "Understand": [st.Page(folder / "learn.py", title="Learn", icon=":material/school:")],
+        section: [
+            st.Page(folder / f"{stem}.py", title=title, icon=icon, default=stem == "model")
+            for stem, title, icon, _ in steps
+        ]
+        for section, steps in _SECTIONS.items()
     }
+
+
+@contextlib.contextmanager
+def framed() -> Iterator[None]:
+    """app.py runs the chosen page inside this: :func:`frame_guard` then knows the frame is drawn."""
+    _RUN.framed = True
+    try:
+        yield
+    finally:
+        _RUN.framed = False
 
 
 def frame_guard() -> None:
@@ -42,13 +76,16 @@ def frame_guard() -> None:
 
     Because the folder is named ``pages/``, Streamlit starts in its legacy mode, in which the
     server's very first request for a page URL (say a bookmarked ``/budget``) runs that file alone,
-    without app.py. Registering the navigation once leaves that mode for good; the rerun then goes
-    through app.py to the same page.
+    without app.py (AppTest does so on every run after a ``switch_page``). The page then runs once
+    more inside app.py's ``main()``, in this same script run (so a click it carries is not lost),
+    and the lone run ends here. Calling ``st.navigation`` leaves the legacy mode.
     """
-    if "choice" in st.session_state:
+    if getattr(_RUN, "framed", False):
         return
-    st.navigation(page_list(), position="hidden")
-    st.rerun()
+    from app import main  # the entry point: imported here, as it imports this module
+
+    main()
+    st.stop()
 
 
 def require(value: T | None, message: str) -> T:
@@ -59,46 +96,107 @@ def require(value: T | None, message: str) -> T:
     return value
 
 
-def sidebar_frame() -> Any:
-    """The sidebar every page shows: the model, data and tables in use.
+def sidebar_frame(title: str) -> Any:
+    """The sidebar every page shows: the model, data, tables and solution in use, the next step.
+
+    Everything is drawn before the page runs, so a page that stops early (``st.stop``) keeps it.
 
     Returns:
-        A sidebar container that :func:`sidebar_solution` fills once the page has run (the page
-        may change the solution).
+        The sidebar slot of the solution, which :func:`sidebar_solution` redraws once the page has
+        run (the page may have just chosen another solution).
     """
     which = state.choice()
     with st.sidebar:
         st.markdown(f"**Model** · {which.label}")
-        weights = (
-            "seeded initial weights" if which.weights_key == "default" else which.weights_label
-        )
         try:
-            if which.weights_key == "default" and caches.bundle(which).weights_source == "shipped":
-                weights = "shipped trained weights"
+            weights = weights_words(which)
             used = tables_in_use(which)
         except LayerMergeError as exc:
-            st.error(str(exc))
-            return st.container()
+            st.error(explain(exc))
+            return st.empty()
         st.caption(f"weights: {weights} · data: {which.data_spec}")
         if used is None:
             st.markdown("**Tables** · none yet (Tables page)")
         else:
-            st.markdown(f"**Tables** · {used.source}, {used.original_ms:.4g} ms in all")
+            st.markdown(f"**Tables** · {used.source}, {ms(used.original_ms)} in all")
             st.caption(short_path(used.directory))
-        return st.container()
+        slot = st.empty()
+        sidebar_solution(slot)
+        following = _following(title)
+        if following is not None:
+            stem, name, _, purpose = following
+            st.page_link(
+                _page(stem), label=f"Next → {name}", icon=":material/arrow_forward:", help=purpose
+            )
+    return slot
+
+
+def weights_words(which: ModelChoice) -> str:
+    """Where the weights of ``which`` come from, in words: shipped, seeded, or the user's file."""
+    if which.weights_key != "default":
+        return f"your weights {which.weights_label}"
+    if caches.bundle(which).weights_source == "shipped":
+        return "its shipped trained weights"
+    return "seeded initial weights (untrained: accuracy at chance)"
 
 
 def sidebar_solution(slot: Any) -> None:
-    """The solution in use, drawn after the page (which may have just chosen it)."""
-    current = state.solution()
-    if current is None:
-        return
+    """The solution in use (or why there is none yet), with its budget as the slider shows it."""
     try:
         used = tables_in_use()
+        current = solution_or_default() if used is not None else None
     except LayerMergeError:
         return  # the sidebar and the page say why already
-    share = f" ({current.latency_ms / used.original_ms:.0%})" if used and used.original_ms else ""
-    slot.markdown(
-        f"**Solution** · {current.method}, {current.latency_ms:.4g} ms{share}, "
+    box = slot.container()
+    if used is None:
+        box.markdown("**Solution** · none yet: the tables come first (Tables page)")
+        return
+    if current is None:
+        box.markdown(
+            f"**Solution** · none fits the {state.budget_label()} budget (Budget page: raise it)"
+        )
+        return
+    box.markdown(f"**Solution** · {current.method} at the {state.budget_label()} budget")
+    box.caption(
+        f"{ms(current.latency_ms)} predicted (table sum) of {ms(used.original_ms)}, "
         f"{len(current.segments)} segments"
     )
+
+
+def first_visit_hint(title: str) -> None:
+    """Three lines on what the app does and the order of its pages, on a session's first page."""
+    values = st.session_state
+    first = values.setdefault("hint_page", title)
+    if values.get("hint_done") or first != title:
+        values.hint_done = True  # the user has moved on: the hint has served
+        return
+    order = " → ".join(name for _, name, _, _ in STEPS[:5])
+    here = next((step for step in STEPS if step[1] == title), None)
+    with st.container(border=True, key="first_visit_hint"):
+        st.markdown(
+            "**LayerMerge Studio** makes a CNN or a diffusion UNet shallower and faster: it removes "
+            "activations, merges the convs between them into one, and prunes convs, choosing "
+            "with an exact DP on measured latency tables.  \n"
+            f"The steps, in order: **{order}**; Learn shows how it works on your model.  \n"
+            + (f"Here, on {title}: {here[3]}." if here else "")
+        )
+        left, right = st.columns([1, 5])
+        following = _following(title)
+        if following is not None:
+            left.page_link(_page(following[0]), label=f"Next → {following[1]}")
+        right.button("Got it, hide this", key="hide_hint", on_click=_hide_hint)
+
+
+def _hide_hint() -> None:
+    st.session_state.hint_done = True
+
+
+def _following(title: str) -> tuple[str, str, str, str] | None:
+    """The step after the page titled ``title`` (None after the last)."""
+    titles = [name for _, name, _, _ in STEPS]
+    index = titles.index(title) if title in titles else len(titles)
+    return STEPS[index + 1] if index + 1 < len(STEPS) else None
+
+
+def _page(stem: str) -> str:
+    return f"pages/{stem}.py"

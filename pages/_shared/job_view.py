@@ -1,6 +1,6 @@
 """The live view of a background job: progress, a cancel button, and what stopped it.
 
-A fragment polls the job once a second while it runs and draws only from the job's plain fields
+A fragment polls the job every POLL_S seconds while it runs and draws only from the job's plain fields
 (the worker never calls Streamlit); when the job ends, the whole page reruns around its result.
 """
 
@@ -11,8 +11,11 @@ from collections.abc import Callable
 import streamlit as st
 
 from pages._shared.jobs import Job, registry
+from pages._shared.numbers import count, duration
 
-__all__ = ["job_panel"]
+__all__ = ["job_panel", "failure"]
+
+POLL_S = 2.0  # seconds between redraws of a running job (each redraws its curves: not free)
 
 
 def job_panel(
@@ -29,24 +32,23 @@ def job_panel(
     """
     seen = f"{kind}_job_seen_running"
 
-    @st.fragment(run_every=1.0 if job.active else None)
+    @st.fragment(run_every=POLL_S if job.active else None)
     def poll() -> None:
         current = registry().get(job.id) or job
         if current.active:
             st.session_state[seen] = True
-            eta = f", about {current.eta_s:.0f} s left" if current.eta_s is not None else ""
+            eta = f", about {duration(current.eta_s)} left" if current.eta_s is not None else ""
             stage = current.stage or "starting"
-            st.progress(
-                current.fraction,
-                text=f"{current.title}: {stage} {current.done}/{current.total or '?'}{eta}",
-            )
+            done = f"{count(current.done)}/{count(current.total)}" if current.total else ""
+            st.progress(current.fraction, text=f"{current.title}: {stage} {done}{eta}")
             if st.button(cancel_label, key=f"cancel_{kind}"):
                 current.cancel.set()
         elif current.status == "failed":
-            st.error(f"{current.title} failed: {(current.error or '').splitlines()[0]}")
+            st.error(f"{current.title} failed: {failure(current)}")
         elif current.status == "cancelled":
             st.warning(
-                f"{current.title} was stopped at {current.done}/{current.total}; {stopped_note}"
+                f"{current.title} was stopped at {count(current.done)}/{count(current.total)}; "
+                f"{stopped_note}"
             )
         if extra is not None:
             extra(current)
@@ -54,3 +56,11 @@ def job_panel(
             st.rerun(scope="app")  # it just finished: redraw the page around its result
 
     poll()
+
+
+def failure(job: Job) -> str:
+    """Why ``job`` failed, in one line: a refused input's message, or a bug said plainly."""
+    error = job.error or ""
+    if error.startswith("unexpected "):  # a bug: its traceback is in job.error for the report
+        return "an unexpected error in the app (a bug; the server log has its traceback)"
+    return error.splitlines()[0] if error else "no reason recorded"

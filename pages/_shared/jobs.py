@@ -9,6 +9,7 @@ an ``st.fragment(run_every=...)`` and draw from its plain fields; the worker nev
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -20,10 +21,12 @@ from typing import Any
 import streamlit as st
 
 from core.errors import LayerMergeError
+from pages._shared.messages import explain
 
 __all__ = ["Job", "JobCancelled", "JobRegistry", "registry", "progress_reporter"]
 
 RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
+_LOG = logging.getLogger(__name__)
 MAX_FINISHED = 64  # finished jobs kept per server process (the oldest go first)
 
 
@@ -45,12 +48,14 @@ class Job:
     eta_s: float | None = None
     stage: str = ""  # what it is doing now, in words
     history: list[dict[str, Any]] = field(default_factory=list)  # e.g. loss per step
+    live: dict[str, Any] = field(default_factory=dict)  # what a view shows while it runs
     result: Any = None
     error: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    _anchor: tuple[float, int] | None = field(default=None, repr=False)  # (time, done) of a stage
 
     @property
     def active(self) -> bool:
@@ -61,9 +66,23 @@ class Job:
         return min(1.0, self.done / self.total) if self.total else 0.0
 
     def report(self, done: int, total: int, eta_s: float | None = None, stage: str = "") -> None:
-        self.done, self.total, self.eta_s = done, total, eta_s
+        """Progress of the current stage; the ETA is the stage's own average pace so far.
+
+        The pace is measured from the stage's first report, so start-up work (loading, copying,
+        a first evaluation) does not inflate it, and averaged over the whole stage, so periodic
+        pauses (evaluations, checkpoints) spread evenly instead of making it jump. ``eta_s`` (the
+        worker's own guess) is used until two reports have come.
+        """
+        now = time.monotonic()
+        restart = self._anchor is None or done < self._anchor[1] or total != self.total
+        if restart or stage and stage != self.stage:
+            self._anchor = (now, done)
         if stage:
             self.stage = stage
+        since, first = self._anchor
+        if done > first and now > since:
+            eta_s = (now - since) / (done - first) * max(0, total - done)
+        self.done, self.total, self.eta_s = done, total, eta_s
 
 
 class JobRegistry:
@@ -95,10 +114,11 @@ class JobRegistry:
             except JobCancelled:
                 job.status = CANCELLED
             except LayerMergeError as exc:
-                job.error, job.status = str(exc), FAILED
-            except Exception as exc:  # a bug: keep the traceback for the report
+                job.error, job.status = explain(exc), FAILED
+            except Exception as exc:  # a bug: keep the traceback for the report, and log it
                 job.error = f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
                 job.status = FAILED
+                _LOG.error("job %s (%s) failed:\n%s", job.id, title, job.error)
             finally:
                 job.finished = time.time()
 

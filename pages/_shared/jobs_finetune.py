@@ -8,6 +8,8 @@ options.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from core.data import load_data
+from core.errors import LayerMergeError
 from core.families.unet.data import load_diffusion_data
 from core.families.unet.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
 from core.families.unet.flow import apply_unet_solution
@@ -23,7 +26,14 @@ from core.families.unet.loss import epsilon_loss
 from core.families.unet.merge import merge_unet
 from core.families.unet.quality import digits_fd
 from core.families.unet.sampling import DEFAULT_SAMPLING_STEPS, ddim_sample, sample_grid
-from core.finetune import FinetuneConfig, FinetuneProgress, evaluate, finetune
+from core.finetune import (
+    FinetuneConfig,
+    FinetuneProgress,
+    evaluate,
+    finetune,
+    load_finetune_checkpoint,
+    network_from_finetune_checkpoint,
+)
 from core.merge import merge, merge_model
 from core.solution import Solution
 from core.surgery import build_training_network
@@ -34,16 +44,27 @@ from pages._shared.jobs_tables import check_unet_data
 from pages._shared.paths import APP_RUNS
 from pages._shared.state import ModelChoice
 
-__all__ = ["start_classifier_finetune", "start_unet_finetune", "finetuned_result"]
+__all__ = ["start_classifier_finetune", "start_unet_finetune"]
 
 Weights = dict[str, torch.Tensor] | None  # a session's uploaded state_dict
-MAX_HISTORY = 5000  # progress points kept per finetune job (every step up to this)
+MAX_HISTORY = 2000  # training-loss points kept per finetune job (every k-th step beyond)
+EVALUATIONS = 10  # test evaluations while a classifier trains (plus one before, one at the end)
+INTERIM_TEST_IMAGES = 2000  # test images an interim evaluation reads (the final one reads all)
 
 
 def start_classifier_finetune(
-    solution: Solution, config: FinetuneConfig, *, resume_of: Job | None = None
+    solution: Solution,
+    config: FinetuneConfig,
+    *,
+    label: str = "",
+    estimate_s: float | None = None,
+    resume_of: Job | None = None,
 ) -> Job:
-    """Finetune a classifier's training form of ``solution``, merge it, test it (accuracy)."""
+    """Finetune a classifier's training form of ``solution``, merge it, test it (accuracy).
+
+    While it trains, the test accuracy is measured about ten times (at core's checkpoints, read
+    back from the progress callback: core's loop is not changed), beside the original's accuracy.
+    """
     which, weights = _model_of(resume_of)
     model = caches.bundle(which, weights=weights).model  # shared: only read (core copies it)
     traced = caches.chain(which, weights=weights)
@@ -55,20 +76,28 @@ def start_classifier_finetune(
         job.stage = "testing the original"
         before = evaluate(model, splits.test)
         unfinetuned = evaluate(merge_model(model, traced, solution), splits.test)
+        job.live["reference"] = before.accuracy
+        tests = job.live.setdefault("tests", [(0, unfinetuned.accuracy)])  # (step, accuracy %)
+        job.live["test_images"] = min(len(splits.test), INTERIM_TEST_IMAGES)
         training = build_training_network(model, traced, solution)
+        every = _evaluation_interval(config, len(splits.finetune))
         job.stage = "finetuning"
 
         def progress(report: FinetuneProgress) -> None:
             job.report(report.step, report.total_steps, report.eta_s, "finetuning")
-            if len(job.history) < MAX_HISTORY:
+            if report.step % max(1, report.total_steps // MAX_HISTORY) == 0:
                 job.history.append(
                     {"step": report.step, "loss": report.loss, "accuracy": report.accuracy}
                 )
+            if report.step % every == 0 or report.step == report.total_steps:
+                accuracy = _checkpoint_accuracy(checkpoint, report.step, splits.test)
+                if accuracy is not None:
+                    tests.append((report.step, accuracy))
 
         result = finetune(
             training,
             splits.finetune,
-            config=config,
+            config=dataclasses.replace(config, checkpoint_every=every),
             teacher=model if config.distill_alpha else None,
             checkpoint_path=checkpoint,
             resume=True,
@@ -90,7 +119,7 @@ def start_classifier_finetune(
             "seconds": result.elapsed_s,
         }
 
-    return _start(which, weights, solution, config, work, resume_of, checkpoint=checkpoint)
+    return _start(which, weights, solution, config, work, resume_of, label, estimate_s, checkpoint)
 
 
 def start_unet_finetune(
@@ -99,13 +128,16 @@ def start_unet_finetune(
     *,
     fd_samples: int = 0,
     sampling_steps: int = DEFAULT_SAMPLING_STEPS,
+    label: str = "",
+    estimate_s: float | None = None,
     resume_of: Job | None = None,
 ) -> Job:
     """Finetune a UNet's training form of ``solution`` with the ε-loss, merge it, sample it.
 
-    The worker reports every step (training loss, holdout loss at evaluation steps) and stops
-    before its next step on cancel. Afterwards it draws the same-seed grids of the original, the
-    merged UNet before finetuning and after, and (``fd_samples`` > 1) their digits-FD.
+    The worker reports every step (training loss, holdout loss at evaluation steps, beside the
+    original's holdout loss) and stops before its next step on cancel. Afterwards it draws the
+    same-seed grids of the original, the merged UNet before finetuning and after, and
+    (``fd_samples`` > 1) their digits-FD.
     """
     which, _ = _model_of(resume_of)
     bundle, uchain = caches.bundle(which), caches.traced(which)
@@ -116,18 +148,16 @@ def start_unet_finetune(
     def work(job: Job) -> dict[str, Any]:
         job.stage = "loading the data"
         data = load_diffusion_data(which.data_spec, bundle.input_size)
+        job.stage = "testing the original"
+        job.live["reference"] = reference = epsilon_loss(model, data.holdout)
         job.stage = "building the training form"
         built = apply_unet_solution(model, uchain, solution)
         job.stage = "finetuning"
 
         def progress(report: UNetFinetuneProgress) -> None:
-            eta = (
-                report.elapsed_s / report.step * (report.steps - report.step)
-                if report.step
-                else None
-            )
-            job.report(report.step, report.steps, eta, "finetuning")
-            if len(job.history) < MAX_HISTORY:
+            job.report(report.step, report.steps, None, "finetuning")
+            keep = report.step % max(1, report.steps // MAX_HISTORY) == 0
+            if keep or report.holdout_loss is not None:
                 job.history.append(
                     {"step": report.step, "loss": report.train_loss, "holdout": report.holdout_loss}
                 )
@@ -149,7 +179,7 @@ def start_unet_finetune(
         return {
             "status": "completed",
             "merged": merged,
-            "holdout_original": epsilon_loss(model, data.holdout),
+            "holdout_original": reference,
             "holdout_before": result.holdout_loss_before,
             "holdout_after": result.holdout_loss_after,
             "grids": grids,
@@ -161,19 +191,9 @@ def start_unet_finetune(
         }
 
     options = {"fd_samples": fd_samples, "sampling_steps": sampling_steps}
-    return _start(which, None, solution, config, work, resume_of, checkpoint=checkpoint, **options)
-
-
-def finetuned_result(solution: Solution) -> dict[str, Any] | None:
-    """The session's completed finetune of ``solution`` on the current model, if there is one."""
-    job = registry().get(state.job_id("finetune"))
-    if job is None or job.status != "done" or not isinstance(job.result, dict):
-        return None
-    if job.result.get("status") != "completed" or job.config.get("choice") != state.choice():
-        return None
-    if state.solution_key(job.config["solution"]) != state.solution_key(solution):
-        return None
-    return job.result
+    return _start(
+        which, None, solution, config, work, resume_of, label, estimate_s, checkpoint, **options
+    )
 
 
 def _samples(
@@ -219,22 +239,55 @@ def _start(
     config: FinetuneConfig | UNetFinetuneConfig,
     work: Callable[[Job], dict[str, Any]],
     resume_of: Job | None,
+    label: str,
+    estimate_s: float | None,
+    checkpoint: str,
     **settings: Any,
 ) -> Job:
-    """Start ``work``, carrying the resumed job's curve on; remember the job's id."""
+    """Start ``work``, carrying a resumed job's curves on; remember the job's id.
+
+    The job is labelled with its model, solution and settings (``label``) so that every view of
+    it, on any model, says whose it is.
+    """
+    if resume_of is not None:
+        label, estimate_s = resume_of.config["label"], resume_of.config.get("estimate_s")
     job = registry().start(
         "finetune",
-        f"finetune {solution.method} of {which.label}",
+        f"Finetune of {which.label}",
         work,
         config={
             "solution": solution,
             "choice": which,
             "state_dict": weights,
             "finetune": config,
+            "label": label,
+            "estimate_s": estimate_s,
+            "checkpoint": checkpoint,
             **settings,
         },
     )
     if resume_of is not None:
         job.history = list(resume_of.history)
+        job.live.update(
+            {k: list(v) if isinstance(v, list) else v for k, v in resume_of.live.items()}
+        )
     state.remember_job("finetune", job.id)
     return job
+
+
+def _evaluation_interval(config: FinetuneConfig, images: int) -> int:
+    """Steps between the test evaluations of a run: about EVALUATIONS of them in all."""
+    total = config.steps or config.epochs * math.ceil(images / config.batch_size)
+    return max(1, math.ceil(total / EVALUATIONS))
+
+
+def _checkpoint_accuracy(path: str, step: int, test: Any) -> float | None:
+    """Test accuracy (%) of the checkpoint core has just written at ``step`` (None: none there)."""
+    try:
+        saved = load_finetune_checkpoint(path)
+    except LayerMergeError:
+        return None
+    if saved["step"] != step:  # core wrote no checkpoint at this step
+        return None
+    network = network_from_finetune_checkpoint(saved)
+    return evaluate(network, test, limit=INTERIM_TEST_IMAGES).accuracy

@@ -35,6 +35,11 @@ __all__ = [
     "job_id",
     "remember_finetune",
     "finetune_history",
+    # the first-visit UX block (issue 16), at the end of this file
+    "budget_percent",
+    "budget_label",
+    "finetune_job_ids",
+    "same_model",
 ]
 
 DEFAULT_MODEL = "digits_resnet"
@@ -93,6 +98,8 @@ def init_session() -> None:
         if not found:
             continue
         state.jobs[kind] = found
+        if kind == "finetune" and found not in finetune_job_ids():
+            finetune_job_ids().append(found)
         if st.query_params.get(param) != found:
             st.query_params[param] = found  # page switches clear the URL; put it back
         if fresh and kind == "finetune":
@@ -154,6 +161,8 @@ def remember_job(kind: str, new_id: str | None) -> None:
         st.query_params[param] = new_id
         if kind == "finetune":
             remember_finetune(new_id)
+        if kind == "finetune" and new_id not in finetune_job_ids():
+            finetune_job_ids().append(new_id)
 
 
 def job_id(kind: str) -> str | None:
@@ -207,3 +216,28 @@ def _sync_url() -> None:
     from pages._shared import url_state
 
     url_state.sync_model()
+
+
+# --------------------------------------------------------------------------- first-visit UX block
+# Budget as the sidebar shows it, and the session's finetune jobs (issue 16).
+
+
+def budget_percent() -> float:
+    """The Budget slider's percentage (its starting value until the Budget page is visited)."""
+    return st.session_state.get("budget", DEFAULT_BUDGET_PERCENT)
+
+
+def budget_label(percent: float | None = None) -> str:
+    """A budget percentage written as the Budget slider writes it (its format is "%d%%")."""
+    value = budget_percent() if percent is None else percent
+    return f"{int(value)}%" if float(value).is_integer() else f"{value:g}%"
+
+
+def finetune_job_ids() -> list[str]:
+    """Every finetune job this session started or reloaded, oldest first (ids in the registry)."""
+    return st.session_state.setdefault("finetune_jobs", [])
+
+
+def same_model(first: ModelChoice, second: ModelChoice) -> bool:
+    """Whether two choices are one model: same architecture, width, size, weights and data."""
+    return first == second

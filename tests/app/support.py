@@ -33,10 +33,29 @@ def texts(at: AppTest) -> str:
     return "\n".join(parts)
 
 
+def page_text(at: AppTest) -> str:
+    """Every word the page shows, sidebar included: headings, text, metrics, alerts, table cells,
+    widget labels (what a "no None anywhere" check reads)."""
+    parts: list[str] = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "success"):
+        parts.extend(str(element.value) for element in getattr(at, kind))
+    for kind in ("warning", "error", "exception"):
+        parts.extend(str(element.value) for element in getattr(at, kind))
+    for metric in at.metric:
+        parts.extend([metric.label, str(metric.value), str(metric.proto.delta)])
+    for frame in at.dataframe:
+        table = frame.value
+        parts.append(" ".join(map(str, table.columns)))
+        parts.extend(" ".join(map(str, row)) for row in table.itertuples(index=False))
+    for kind in ("button", "number_input", "text_input", "selectbox", "radio", "checkbox"):
+        parts.extend(str(element.label) for element in getattr(at, kind))
+    return "\n".join(parts)
+
+
 def wait_until(
     at: AppTest, condition: Callable[[AppTest], bool], *, timeout: float = 90.0
 ) -> AppTest:
-    """Rerun ``at`` (what the polling fragment does once a second) until ``condition`` holds."""
+    """Rerun ``at`` (what the polling fragment does every few seconds) until ``condition`` holds."""
     deadline = time.monotonic() + timeout
     while True:
         at.run()

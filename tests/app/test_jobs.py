@@ -39,7 +39,7 @@ def test_finetune_runs_in_the_background_and_survives_a_reload(budget_page: AppT
     # the Export page now offers the finetuned network
     reloaded.switch_page("pages/export.py").run()
     assert not reloaded.exception
-    assert "finetuned, then merged" in texts(reloaded)
+    assert f"finetuned 4 steps (job {job_id}), then merged" in texts(reloaded)
     assert reloaded.download_button(key="download_checkpoint")
 
 
@@ -75,8 +75,9 @@ def test_sessions_do_not_share_model_solution_or_jobs(budget_page: AppTest) -> N
     first.run()
     assert first.session_state["choice"].name == "digits_resnet"
     assert " segments · " in shown_label(first)  # still its own solution on its own tables
-    assert first.session_state["solution"] is not None
-    assert second.session_state["solution"] is None
+    mine, theirs = first.session_state["solution"], second.session_state["solution"]
+    assert mine is not None and mine.budget_ms != theirs.budget_ms  # each on its own tables
+    assert theirs.tables_digest != mine.tables_digest
     assert "finetune" not in second.session_state["jobs"]
 
 

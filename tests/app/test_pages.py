@@ -103,12 +103,13 @@ def test_pages_never_ask_which_family_they_have() -> None:
         assert not found, f"{path.relative_to(ROOT)} asks which family it has, lines {found}"
 
 
-def test_the_sidebar_frame_shows_model_and_tables() -> None:
-    # AppTest 1.67 drops sidebar elements from its tree after switch_page, so this reads the
-    # default page's first run; the frame code is the same for every page (app.py).
-    at = open_page()
+@pytest.mark.parametrize("page", PAGES)
+def test_the_sidebar_frame_shows_model_and_tables(page: str) -> None:
+    # AppTest runs a switched-to page alone (Streamlit's legacy pages/ mode); frame_guard then
+    # runs it inside app.py's frame, so the sidebar is there as in the browser.
+    at = open_page(page)
     sidebar = " ".join(m.value for m in at.sidebar.markdown)
-    assert "digits_resnet" in sidebar and "Tables" in sidebar
+    assert "digits_resnet" in sidebar and "Tables" in sidebar, sidebar
 
 
 def test_model_page_draws_the_chain() -> None:

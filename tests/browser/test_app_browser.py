@@ -116,6 +116,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.kill()
 
 
+def _nav(page: object, title: str) -> object:
+    """The sidebar navigation's link to the page titled ``title`` (not a "Next → ..." link)."""
+    return page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True)
+
+
 def _wait_idle(page: object) -> None:
     page.wait_for_timeout(300)  # let the rerun start before waiting for it to end
     page.wait_for_selector(IDLE, state="attached", timeout=120_000)
@@ -145,7 +150,7 @@ def test_budget_page_walk(browser: object, server: str, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
     page.goto(server)
     _wait_idle(page)
-    page.get_by_role("link", name="Budget").click()
+    _nav(page, "Budget").click()
     _wait_idle(page)
     page.get_by_role("heading", name="Latency budget").wait_for(timeout=60_000)
     page.wait_for_selector("[data-testid='stSlider'], [data-testid='stAlert']", timeout=60_000)
@@ -227,7 +232,7 @@ def test_budget_page_renders_for_the_diffusion_demo(
     page.get_by_role("button", name="Use this model").click()
     _wait_idle(page)
     page.get_by_test_id("stImage").first.wait_for(timeout=120_000)  # the sample grid
-    page.get_by_role("link", name="Tables").click()
+    _nav(page, "Tables").click()
     _wait_idle(page)
     page.get_by_role("heading", name="Latency and importance tables").wait_for(timeout=60_000)
     missing = page.get_by_text("No tables for digits_unet")
@@ -239,7 +244,7 @@ def test_budget_page_renders_for_the_diffusion_demo(
         measure_unet_latency(bundle, uchain, timing, out=out)
         importance = UNetImportanceConfig(steps=0, holdout_images=16)
         estimate_unet_importance(bundle, uchain, load_diffusion_data("digits"), importance, out=out)
-    page.get_by_role("link", name="Budget").click()
+    _nav(page, "Budget").click()
     _wait_idle(page)
     page.get_by_role("heading", name="Latency budget").wait_for(timeout=60_000)
     page.get_by_role("slider").wait_for(timeout=60_000)
@@ -251,4 +256,101 @@ def test_budget_page_renders_for_the_diffusion_demo(
     shot = tmp_path / "budget_unet.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    page.close()
+
+
+# --------------------------------------------------------------------------- the demos, page by page
+# A first-time user's walk: each demo model chosen on the Model page, then every page in the order
+# the navigation lists them, each checked for exceptions and a literal "None", and photographed.
+# The photographs go to the test's folder; the few named in DOC_SHOTS also go to
+# docs/pages/<model>-<page>.png (linked from the README) when one is missing or
+# LAYERMERGE_UPDATE_SCREENSHOT=1, shrunk to a small palette PNG of a few tens of KB.
+
+DEMOS = ("digits_resnet", "digits_mobilenet", "digits_unet")
+WALK = ("Model", "Tables", "Budget", "Finetune", "Export", "Learn")
+PAGE_SHOTS = ROOT / "docs" / "pages"
+SHOT_WIDTH = 800  # pixels of the saved photograph (the viewport is wider, then scaled down)
+MAX_HEIGHT = 4000  # pixels of the viewport a photograph is taken in, at most
+FINETUNED, FINETUNE_STEPS = "digits_resnet", 40  # the walk that also runs a short finetune
+DOC_SHOTS = (  # the photographs docs/pages keeps (the README's); the walk takes all of them
+    "digits_resnet-model",  # the first-visit hint, the folded fields, the chain and its legend
+    "digits_mobilenet-budget",  # a solution: removed activations, ◇ linear positions, sidebar
+    "digits_resnet-finetune",  # a finished job: its label, curves, test accuracy, the original
+    "digits_resnet-export",  # the header naming what the files hold, numbers that read
+    "digits_unet-finetune",  # the recommended steps and the timed duration estimate
+    "digits_unet-tables",  # a UNet's tables: no column of blanks, sensible digits
+)
+
+
+def _choose_model(page: object, model: str) -> None:
+    _nav(page, "Model").click()
+    _wait_idle(page)
+    page.get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name=model, exact=True).click()
+    page.get_by_role("button", name="Use this model").click()
+    _wait_idle(page)
+    page.get_by_text(f"Now using {model}").wait_for(timeout=120_000)
+
+
+def _shrink(source: Path, target: Path) -> None:
+    """A small copy of a screenshot: scaled to SHOT_WIDTH, 64 colours, optimised PNG."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        height = round(image.height * SHOT_WIDTH / image.width)
+        small = image.convert("RGB").resize((SHOT_WIDTH, height), Image.Resampling.LANCZOS)
+        small.quantize(colors=64, method=Image.Quantize.FASTOCTREE).save(target, optimize=True)
+
+
+def _photograph(page: object, name: str, folder: Path) -> Path:
+    """The whole page: the viewport grows to the page's height (the app scrolls inside stMain)."""
+    tall = page.evaluate(
+        "() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight"
+    )
+    page.mouse.move(0, 0)  # no button hovered in the picture
+    page.set_viewport_size({"width": 1400, "height": max(800, min(int(tall) + 80, MAX_HEIGHT))})
+    _wait_idle(page)
+    page.wait_for_timeout(1500)  # plotly redraws at the new size
+    shot = folder / f"{name}.png"
+    page.screenshot(path=str(shot))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    small = folder / f"{name}-small.png"
+    _shrink(shot, small)
+    update = os.environ.get("LAYERMERGE_UPDATE_SCREENSHOT") == "1"
+    if name in DOC_SHOTS and (update or not (PAGE_SHOTS / f"{name}.png").exists()):
+        PAGE_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(small, PAGE_SHOTS / f"{name}.png")
+    return shot
+
+
+def _short_finetune(page: object) -> None:
+    """Start a short finetune, watch it run, wait for its results (curves, accuracies)."""
+    steps = page.get_by_label("Steps", exact=True)
+    steps.fill(str(FINETUNE_STEPS))
+    steps.press("Enter")
+    _wait_idle(page)
+    page.get_by_role("button", name="Start finetuning").click()
+    page.get_by_test_id("stProgress").first.wait_for(timeout=120_000)
+    page.get_by_text("Merged, finetuned", exact=True).first.wait_for(timeout=600_000)
+    _wait_idle(page)
+
+
+@pytest.mark.parametrize("model", DEMOS)
+def test_walk_every_page_of_a_demo(
+    browser: object, server: str, tmp_path: Path, model: str
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    _wait_idle(page)
+    _choose_model(page, model)
+    for title in WALK:
+        _nav(page, title).click()
+        _wait_idle(page)
+        page.get_by_test_id("stSidebar").get_by_text("Solution").first.wait_for(timeout=60_000)
+        assert page.get_by_test_id("stException").count() == 0, f"{model} / {title}"
+        if title == "Finetune" and model == FINETUNED:
+            _short_finetune(page)
+        text = page.get_by_test_id("stMain").inner_text()
+        assert not re.search(r"\bNone\b", text), f"{model} / {title} says None:\n{text[:3000]}"
+        _photograph(page, f"{model}-{title.lower()}", tmp_path)
     page.close()

@@ -16,15 +16,17 @@ import torch
 
 from core.errors import LayerMergeError
 from core.families import list_models
-from core.finetune import FinetuneConfig
 from core.importance import MODES
 from core.models import default_input_size, get_model_info, load_state_dict_bytes
 from core.segments import count_table_entries, find_segments
 from core.solution import Solution
-from pages._shared import caches, jobs_finetune, jobs_measure, jobs_tables, state
+from pages._shared import caches, jobs_measure, jobs_tables, state
 from pages._shared.chain_figure import chain_figure
 from pages._shared.jobs import Job
-from pages._shared.panels.accuracy_results import export_view, finetune_view
+from pages._shared.messages import EXAMPLE_FUNCTION, unknown_model
+from pages._shared.numbers import count, ms, speedup
+from pages._shared.panels import accuracy_finetune
+from pages._shared.panels.accuracy_results import export_view
 from pages._shared.panels.base import (
     DATA_KINDS,
     ExportView,
@@ -43,8 +45,11 @@ def _custom_name(text: str) -> str:
     name = (text or "").strip()
     if not name:
         raise LayerMergeError(
-            "name your architecture as module:function, e.g. mypkg.nets:small_cnn"
+            "name your architecture as module:function in the field under Advanced, e.g. "
+            f"{EXAMPLE_FUNCTION}"
         )
+    if ":" not in name and name not in list_models():
+        raise LayerMergeError(unknown_model(name))
     return name
 
 
@@ -52,8 +57,8 @@ CUSTOM = ModelSource(
     option="module:function…",
     key="model_function",
     label="Your own architecture (module:function)",
-    placeholder="mypkg.nets:small_cnn",
-    help="module:function builds your own CNN",
+    placeholder=EXAMPLE_FUNCTION,
+    help=f"module:function builds your own CNN, e.g. {EXAMPLE_FUNCTION}",
     to_name=_custom_name,
     text_of=lambda name: "" if name in list_models() else name,
 )
@@ -78,6 +83,8 @@ class AccuracyPanel(Panel):
             raise LayerMergeError(f"give the path of the {DATA_KINDS[kind].lower()}")
         spec = "digits" if kind == "digits" else f"{kind}:{path}"
         weights, weights_key, label = None, "default", "default"
+        if request.upload is None and request.kept is not None:
+            weights, weights_key, label = request.kept
         if request.upload is not None:
             data = request.upload.getvalue()
             weights = load_state_dict_bytes(data, request.upload.name)  # never unpickles code
@@ -174,71 +181,30 @@ class AccuracyPanel(Panel):
         frame = pd.DataFrame(
             {
                 "network": name,
-                "table sum ms": table_ms,
-                "measured ms": stored[measured],
-                "main-path convs": stored[depth],
+                "table sum (predicted)": ms(table_ms),
+                "measured": ms(stored[measured]),
+                "main-path convs": count(stored[depth]),
             }
             for name, table_ms, measured, depth in rows
         )
         st.dataframe(frame, hide_index=True, key="measure_table")
         st.markdown(
-            f"Speed-up predicted **{stored['predicted_speedup']:.2f}×**, measured "
-            f"**{stored['measured_speedup']:.2f}×** ({stored['how']}). The prediction counts the "
+            f"Speed-up predicted **{speedup(stored['predicted_speedup'])}**, measured "
+            f"**{speedup(stored['measured_speedup'])}** ({stored['how']}). The prediction counts the "
             "layers outside the table (pooling, classifier) as unchanged."
         )
 
     def finetune_form(self, solution: Solution) -> None:
-        st.markdown(
-            f"Finetune **{solution.method}** at {solution.latency_ms:.4g} ms "
-            f"({len(solution.segments)} segments) of {state.choice().label} on "
-            f"**{state.choice().data_spec}**. The training form keeps every kept conv separate "
-            "with its BN; after training it merges exactly."
-        )
-        with st.form("finetune_form"):
-            cols = st.columns(5)
-            cols[0].number_input("Epochs", 1, 100, 1, key="ft_epochs")
-            cols[4].number_input(
-                "Steps (empty: the epochs)",
-                1,
-                1_000_000,
-                None,
-                key="ft_steps",
-                help="optimizer steps in all; overrides the epochs (a quick try: 20)",
-            )
-            cols[1].number_input("Learning rate", 1e-5, 1.0, 0.02, format="%.4f", key="ft_lr")
-            cols[2].number_input("Batch", 8, 1024, 64, step=8, key="ft_batch")
-            cols[3].number_input(
-                "Distillation weight",
-                0.0,
-                1.0,
-                0.0,
-                0.1,
-                key="ft_distill",
-                help="0: plain labels; Kim23 uses 0.3 with the original network as teacher",
-            )
-            start = st.form_submit_button("Start finetuning", key="start_finetune", type="primary")
-        if start:
-            values = st.session_state
-            config = FinetuneConfig(
-                epochs=int(values.ft_epochs),
-                steps=int(values.ft_steps) if values.ft_steps else None,
-                lr=float(values.ft_lr),
-                batch_size=int(values.ft_batch),
-                distill_alpha=float(values.ft_distill),
-            )
-            jobs_finetune.start_classifier_finetune(solution, config)
-            st.rerun()
+        accuracy_finetune.finetune_form(solution)
 
     def finetune_view(self, job: Job) -> None:
-        finetune_view(job)
+        accuracy_finetune.finetune_view(job)
 
     def finetune_quality(self, result: dict) -> tuple[float | None, float | None]:
         return result["unfinetuned"].accuracy, result["after"].accuracy
 
     def resume_finetune(self, job: Job) -> Job:
-        return jobs_finetune.start_classifier_finetune(
-            job.config["solution"], job.config["finetune"], resume_of=job
-        )
+        return accuracy_finetune.resume(job)
 
     def export_view(self, solution: Solution, used: TablesInUse) -> ExportView:
         return export_view(solution, used)

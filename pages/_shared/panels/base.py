@@ -57,6 +57,9 @@ class ModelRequest:
     upload: Any  # an uploaded weights file (st.file_uploader's value), or None
     data_kind: str  # a DATA_KINDS key
     data_path: str
+    # The session's uploaded weights (state_dict, weights_key, label), kept when no new file is
+    # given for the same architecture: a resubmitted form never silently drops a user's weights.
+    kept: tuple[dict[str, torch.Tensor], str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class ExportView:
     onnx: Callable[[], bytes]  # runs on click, in a thread: must not touch the session
     onnx_label: str
     notes: str  # what the files are and how to load them
+    tag: str = "merged"  # in the file names: "finetuned" or "merged" (straight from the original)
 
 
 class Panel(abc.ABC):

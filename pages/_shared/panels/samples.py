@@ -17,14 +17,13 @@ import torch
 
 from core.errors import LayerMergeError
 from core.families.unet.chain import unet_segments, unet_table_entries
-from core.families.unet.finetune import UNetFinetuneConfig
-from core.families.unet.sampling import DEFAULT_SAMPLING_STEPS
 from core.families.unet.unet import DIFFUSERS_FOLDER_PREFIX, WEIGHT_FILES
 from core.solution import Solution
-from pages._shared import caches, jobs_finetune, jobs_tables, state
+from pages._shared import caches, jobs_tables
 from pages._shared.chain_figure import chain_figure
 from pages._shared.grids import grid_caption, original_grid, show_grid
 from pages._shared.jobs import Job
+from pages._shared.panels import samples_finetune
 from pages._shared.panels.base import (
     ExportView,
     ModelRequest,
@@ -32,7 +31,7 @@ from pages._shared.panels.base import (
     Panel,
     register_panel,
 )
-from pages._shared.panels.samples_results import export_view, finetune_view, measure_section
+from pages._shared.panels.samples_results import export_view, measure_section
 from pages._shared.state import ModelChoice
 from pages._shared.tables_in_use import TablesInUse
 from pages._shared.views import solution_rows
@@ -203,78 +202,16 @@ class SamplesPanel(Panel):
         measure_section(solution, used)
 
     def finetune_form(self, solution: Solution) -> None:
-        problem = jobs_tables.unet_data_problem(caches.bundle())
-        if problem is not None:
-            st.warning(f"This UNet cannot be finetuned here: {problem}.")
-            return
-        st.markdown(
-            f"Finetune **{solution.method}** at {solution.latency_ms:.4g} ms "
-            f"({len(solution.segments)} segments) of {state.choice().label} on the **digits** "
-            "with the ε-prediction loss. The training form keeps a merged block's conv1 and "
-            "conv2 apart (its inner GroupNorm → SiLU removed, a new post-norm after conv2); after "
-            "training it merges exactly."
-        )
-        with st.form("unet_finetune_form"):
-            cols = st.columns(6)
-            cols[0].number_input("Steps", 1, 1_000_000, 300, key="uft_steps")
-            cols[1].number_input("Learning rate", 1e-6, 1.0, 4e-4, format="%.5f", key="uft_lr")
-            cols[2].number_input("Batch", 1, 1024, 64, key="uft_batch")
-            cols[3].number_input(
-                "Holdout loss every",
-                1,
-                100_000,
-                50,
-                key="uft_eval",
-                help="steps between holdout ε-losses",
-            )
-            cols[4].number_input(
-                "Samples for digits-FD",
-                0,
-                4096,
-                128,
-                key="uft_fd",
-                help="DDIM samples per network for the digits-FD afterwards (0: none, only the "
-                "16-image grids); more is steadier and slower",
-            )
-            cols[5].number_input(
-                "DDIM steps",
-                1,
-                1000,
-                DEFAULT_SAMPLING_STEPS,
-                key="uft_sampling_steps",
-                help="denoising steps per sample for the grids and the digits-FD afterwards",
-            )
-            start = st.form_submit_button("Start finetuning", key="start_finetune", type="primary")
-        if start:
-            values = st.session_state
-            config = UNetFinetuneConfig(
-                steps=int(values.uft_steps),
-                lr=float(values.uft_lr),
-                batch_size=int(values.uft_batch),
-                eval_every=int(values.uft_eval),
-            )
-            jobs_finetune.start_unet_finetune(
-                solution,
-                config,
-                fd_samples=int(values.uft_fd),
-                sampling_steps=int(values.uft_sampling_steps),
-            )
-            st.rerun()
+        samples_finetune.finetune_form(solution)
 
     def finetune_view(self, job: Job) -> None:
-        finetune_view(job)
+        samples_finetune.finetune_view(job)
 
     def finetune_quality(self, result: dict) -> tuple[float | None, float | None]:
         return result["holdout_before"], result["holdout_after"]
 
     def resume_finetune(self, job: Job) -> Job:
-        return jobs_finetune.start_unet_finetune(
-            job.config["solution"],
-            job.config["finetune"],
-            fd_samples=job.config["fd_samples"],
-            sampling_steps=job.config["sampling_steps"],
-            resume_of=job,
-        )
+        return samples_finetune.resume(job)
 
     def export_view(self, solution: Solution, used: TablesInUse) -> ExportView:
         return export_view(solution, used)

@@ -1,0 +1,126 @@
+"""The accuracy panel's finetune: its settings with a recommendation and a duration, its live view.
+
+Split from :mod:`pages._shared.panels.accuracy` to keep each file readable in one sitting; only
+that module uses these.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.finetune import FinetuneConfig
+from core.solution import Solution
+from pages._shared import caches, finetune_plan, jobs_finetune, state
+from pages._shared.curves import accuracy_curves
+from pages._shared.jobs import Job
+from pages._shared.numbers import count, duration, ms, percent
+from pages._shared.tables_in_use import tables_in_use
+
+__all__ = ["finetune_form", "finetune_view", "resume"]
+
+
+def finetune_form(solution: Solution) -> None:
+    """Steps (recommended for this solution), optimizer settings, the predicted duration, Start."""
+    which, chain, used = state.choice(), caches.chain(), tables_in_use()
+    values = st.session_state
+    images = len(caches.data().finetune)
+    batch = int(values.get("ft_batch", 64))
+    plan = finetune_plan.classifier_recommendation(
+        solution, chain, used, images=images, batch=batch
+    )
+    st.markdown(
+        f"Finetune **{solution.method}** at {ms(solution.latency_ms)} predicted "
+        f"({len(solution.segments)} segments) of {which.label} on **{which.data_spec}** "
+        f"({count(images)} finetune images). The training form keeps every kept conv separate "
+        "with its BN; after training it merges exactly."
+    )
+    left, right = st.columns([5, 1], vertical_alignment="center")
+    left.markdown(f"**Recommended: {count(plan.steps)} steps**: {plan.reason}.")
+    if plan.steps:
+        right.button(
+            f"Use {count(plan.steps)} steps",
+            key="use_recommended",
+            on_click=lambda: values.update(ft_steps=plan.steps),
+        )
+    cols = st.columns(4)
+    steps = cols[0].number_input(
+        "Steps",
+        1,
+        1_000_000,
+        max(1, plan.steps),
+        key="ft_steps",
+        help=f"optimizer steps in all; one epoch is {count(-(-images // batch))} steps here",
+    )
+    cols[1].number_input("Learning rate", 1e-5, 1.0, 0.02, format="%.4f", key="ft_lr")
+    cols[2].number_input("Batch", 8, 1024, 64, step=8, key="ft_batch")
+    cols[3].number_input(
+        "Distillation weight",
+        0.0,
+        1.0,
+        0.0,
+        0.1,
+        key="ft_distill",
+        help="0: plain labels; Kim23 uses 0.3 with the original network as teacher",
+    )
+    seconds = finetune_plan.step_seconds(
+        solution, used, batch=batch, timer=finetune_plan.time_classifier_steps
+    )
+    st.markdown(finetune_plan.duration_note(int(steps), seconds))
+    if st.button("Start finetuning", key="start_finetune", type="primary"):
+        config = FinetuneConfig(
+            steps=int(values.ft_steps),
+            lr=float(values.ft_lr),
+            batch_size=int(values.ft_batch),
+            distill_alpha=float(values.ft_distill),
+        )
+        label = f"SGD, lr {config.lr:g}, batch {config.batch_size}, {count(config.steps)} steps"
+        if config.distill_alpha:
+            label += f", distillation {config.distill_alpha:g}"
+        estimate = seconds.seconds(config.steps) if seconds and config.batch_size == batch else None
+        jobs_finetune.start_classifier_finetune(solution, config, label=label, estimate_s=estimate)
+        st.rerun()
+
+
+def finetune_view(job: Job) -> None:
+    """Loss and accuracy so far (test accuracy at intervals, the original's as a line); results."""
+    tests = list(job.live.get("tests", []))
+    if job.history or tests:
+        figure = accuracy_curves(
+            list(job.history),
+            tests,
+            reference=job.live.get("reference"),
+            total_steps=job.total or job.config["finetune"].steps or 1,
+            test_images=job.live.get("test_images"),
+        )
+        st.plotly_chart(figure, key=f"curves_{job.id}")
+    elif job.active:
+        st.caption("The curves appear with the first steps (the original is tested first).")
+    result = job.result
+    if job.status != "done" or not isinstance(result, dict) or result.get("status") != "completed":
+        return
+    original = result["before"].accuracy
+    cols = st.columns(3)
+    cols[0].metric("Test accuracy, original", percent(original))
+    cols[1].metric(
+        "Merged, no finetune",
+        percent(result["unfinetuned"].accuracy),
+        f"{result['unfinetuned'].accuracy - original:+.2f} pp vs original",
+    )
+    cols[2].metric(
+        "Merged, finetuned",
+        percent(result["after"].accuracy),
+        f"{result['after'].accuracy - original:+.2f} pp vs original",
+    )
+    estimate = job.config.get("estimate_s")
+    predicted = f" (predicted {duration(estimate)})" if estimate else ""
+    st.success(
+        f"Finetuned {count(result['steps'])} steps in {duration(result['seconds'])}{predicted}, "
+        f"tested on {count(result['after'].count)} test images."
+    )
+
+
+def resume(job: Job) -> Job:
+    """Continue a stopped classifier finetune from its checkpoint, with its settings."""
+    return jobs_finetune.start_classifier_finetune(
+        job.config["solution"], job.config["finetune"], resume_of=job
+    )
