@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import LayerMergeError
-from pages._shared import frame, state
+from pages._shared import frame, state, url_state  # noqa: F401  (url_state registers its session hooks)
 from pages._shared.messages import explain
 
 

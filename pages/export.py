@@ -9,8 +9,9 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import frame, panels, state
+from pages._shared.budget_state import solution_or_default
 from pages._shared.downloads import checkpoint_download, file_stem
-from pages._shared.tables_in_use import solution_or_default, tables_in_use
+from pages._shared.tables_in_use import tables_in_use
 
 frame.frame_guard()
 

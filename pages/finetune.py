@@ -9,8 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._shared import frame, job_list, panels, state
+from pages._shared.budget_state import solution_or_default
 from pages._shared.job_view import job_panel
-from pages._shared.tables_in_use import solution_or_default
 
 frame.frame_guard()
 

@@ -6,8 +6,9 @@ import streamlit as st
 
 from pages._shared import caches, frame, panels, state
 from pages._shared import learn_figures as pictures
+from pages._shared.budget_state import solution_or_default
 from pages._shared.chain_figure import chain_figure
-from pages._shared.tables_in_use import budget_ms, dp_states, solution_or_default, tables_in_use
+from pages._shared.tables_in_use import budget_ms, dp_states, tables_in_use
 
 frame.frame_guard()
 

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from pages._shared import url_state
+from core.dp import InfeasibleBudgetError, pick
+from core.solution import Solution
+from pages._shared import state, url_state
 from pages._shared.frontier_view import (
     PICK_SLACK,
     TOP_METHOD,
@@ -27,9 +29,10 @@ from pages._shared.frontier_view import (
     frontier_view,
     lowest_percent,
 )
-from pages._shared.tables_in_use import TablesInUse, tables_in_use
+from pages._shared.tables_in_use import TablesInUse, budget_ms, frontiers, tables_in_use
 
 __all__ = [
+    "solution_or_default",
     "BUDGET",
     "METHOD",
     "BUDGET_TABLES",
@@ -197,3 +200,30 @@ def _whole(value: Any) -> int | None:
     if not math.isfinite(number):
         return None
     return int(min(100, max(1, round(number))))
+
+
+def solution_or_default() -> Solution | None:
+    """The session's solution; without one, the DP's answer at the Budget page's budget.
+
+    The budget is the Budget page's when it was chosen on these tables, else the page's default
+    for them (:meth:`FrontierView.default_percent`).
+    """
+    current = state.solution()
+    if current is not None:
+        return current
+    used = tables_in_use()
+    if used is None:
+        return None
+    view = frontier_view(used)
+    values = st.session_state
+    method = values.get(METHOD)
+    method = method if method in view.curves else view.methods[0]
+    percent = values.get(BUDGET)
+    if values.get(BUDGET_TABLES) != used.key or percent is None:
+        percent = view.default_percent(method)
+    try:
+        current = pick(frontiers(used)[method], budget_ms(used, percent))
+    except InfeasibleBudgetError:
+        return None
+    state.set_solution(current)
+    return current

@@ -7,16 +7,15 @@ none imports Streamlit, so each can be tried in a notebook.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
 from core.tables import Tables
 
-if TYPE_CHECKING:  # the types only: this module never imports Streamlit
-    from pages._shared.frontier_view import FrontierView
-    from pages._shared.measured import Measured
+# ``view`` arguments are pages._shared.frontier_view.FrontierView objects and ``measured`` ones
+# pages._shared.measured.Measured: not imported here, because those modules build on this one.
 
 __all__ = [
     "METHOD_COLORS",
@@ -26,23 +25,23 @@ __all__ = [
 
 METHOD_COLORS = {"layermerge": "#e4572e", "depth": "#4c72b0", "layer": "#55a868"}
 METHOD_SYMBOLS = {"layermerge": "circle", "depth": "diamond-open", "layer": "square-open"}
-TOP_METHOD = "layermerge"  # drawn last, on top of the baselines
 MEASURED_SYMBOLS = {"surgery": "x", "finetuned": "triangle-up", "original": "circle"}
 MEASURED_NAMES = {
     "surgery": "after surgery, measured",
     "finetuned": "after finetune, measured",
     "original": "original, measured",
 }
+TOP_METHOD = "layermerge"  # drawn last, on top of the baselines
 _CURVE_MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
 
 
 def frontier_figure(
-    view: FrontierView,
+    view: Any,
     *,
     method: str,
     current: tuple[float, float] | None = None,
     budget: tuple[float, str] | None = None,
-    measured: Sequence[Measured] = (),
+    measured: Sequence[Any] = (),
     height: int = 440,
 ) -> go.Figure:
     """Every method's frontier as predicted speed-up against predicted quality, LayerMerge on top.
@@ -158,7 +157,7 @@ def frontier_figure(
     return go.Figure({"data": traces, "layout": layout})
 
 
-def _measured_traces(view: FrontierView, measured: Sequence[Measured]) -> list[dict]:
+def _measured_traces(view: Any, measured: Sequence[Any]) -> list[dict]:
     """One trace per (stage, source) of measured points, coloured by method; never clickable."""
     traces = []
     for stage, symbol in MEASURED_SYMBOLS.items():
@@ -190,7 +189,7 @@ def _measured_traces(view: FrontierView, measured: Sequence[Measured]) -> list[d
     return traces
 
 
-def _measured_hover(view: FrontierView, point: Measured) -> str:
+def _measured_hover(view: Any, point: Any) -> str:
     speed = "measured" if point.speedup_measured else "predicted"
     predicted = (
         f"<br>predicted {view.format_value(point.predicted)}" if point.predicted is not None else ""

@@ -16,11 +16,12 @@ import streamlit as st
 
 from core.errors import LayerMergeError
 from pages._shared import caches, state
+from pages._shared.budget_state import solution_or_default
 from pages._shared.messages import explain
 from pages._shared.numbers import ms
 from pages._shared.paths import ROOT, short_path
 from pages._shared.state import ModelChoice
-from pages._shared.tables_in_use import solution_or_default, tables_in_use
+from pages._shared.tables_in_use import tables_in_use
 
 __all__ = [
     "STEPS",

@@ -8,6 +8,7 @@ which starts a new session, finds its jobs again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,8 @@ def init_session() -> None:
     state.setdefault("jobs", {})
     state.setdefault("measurements", {})
     if fresh:
-        _restore_from_url()  # the Budget page's block below
+        for hook in _NEW_SESSION_HOOKS:  # the URL it started with (url_state)
+            hook()
     for kind, param in JOB_PARAMS.items():
         found = state.jobs.get(kind) or st.query_params.get(param)
         if not found:
@@ -104,7 +106,8 @@ def init_session() -> None:
             st.query_params[param] = found  # page switches clear the URL; put it back
         if fresh and kind == "finetune":
             _adopt(found)
-    _sync_url()
+    for hook in _EVERY_RUN_HOOKS:
+        hook()
 
 
 def choice() -> ModelChoice:
@@ -202,20 +205,18 @@ def finetune_history() -> list[str]:
     return list(st.session_state.get(FINETUNE_HISTORY, []))
 
 
-def _restore_from_url() -> None:
-    """A new session: keep the URL it started with, and take the model it names."""
-    from pages._shared import url_state  # imports the panels, which import this module
+def on_session(new_session: Callable[[], None], every_run: Callable[[], None]) -> None:
+    """Register what another module does when a session starts, and after every
+    :func:`init_session` (the URL state: ``pages._shared.url_state`` registers itself, since it
+    builds on this module and not the other way round)."""
+    if new_session not in _NEW_SESSION_HOOKS:
+        _NEW_SESSION_HOOKS.append(new_session)
+    if every_run not in _EVERY_RUN_HOOKS:
+        _EVERY_RUN_HOOKS.append(every_run)
 
-    url_state.remember_start()
-    problem = url_state.restore_model()
-    if problem is not None:
-        st.error(problem)
 
-
-def _sync_url() -> None:
-    from pages._shared import url_state
-
-    url_state.sync_model()
+_NEW_SESSION_HOOKS: list[Callable[[], None]] = []
+_EVERY_RUN_HOOKS: list[Callable[[], None]] = []
 
 
 # --------------------------------------------------------------------------- first-visit UX block

@@ -11,11 +11,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import streamlit as st
-
-from core.dp import FrontierPoint, list_methods, pick
-from core.errors import InfeasibleBudgetError, TableMismatchError
-from core.solution import Solution
+from core.dp import FrontierPoint, list_methods
+from core.errors import TableMismatchError
 from core.tables import MANIFEST_PATH, Tables, read_manifest
 from pages._shared import caches, state
 from pages._shared.paths import APP_RUNS
@@ -29,7 +26,6 @@ __all__ = [
     "budget_ms",
     "frontiers",
     "dp_states",
-    "solution_or_default",
 ]
 
 BUDGET_SLACK = 1e-6  # relative; see budget_ms
@@ -118,36 +114,6 @@ def frontiers(used: TablesInUse) -> dict[str, list[FrontierPoint]]:
 def dp_states(used: TablesInUse, method: str) -> list[tuple[int, float, float]]:
     """The DP's live (position, latency, importance) cells on these tables (Learn page)."""
     return caches.prefix_states(used.key, method, used.tables)
-
-
-def solution_or_default() -> Solution | None:
-    """The session's solution; without one, the DP's answer at the Budget page's budget.
-
-    The budget is the Budget page's when it was chosen on these tables, else the page's default
-    for them (:meth:`FrontierView.default_percent`).
-    """
-    from pages._shared import budget_state  # both build on this module
-    from pages._shared.frontier_view import frontier_view
-
-    current = state.solution()
-    if current is not None:
-        return current
-    used = tables_in_use()
-    if used is None:
-        return None
-    view = frontier_view(used)
-    values = st.session_state
-    method = values.get(budget_state.METHOD)
-    method = method if method in view.curves else view.methods[0]
-    percent = values.get(budget_state.BUDGET)
-    if values.get(budget_state.BUDGET_TABLES) != used.key or percent is None:
-        percent = view.default_percent(method)
-    try:
-        current = pick(frontiers(used)[method], budget_ms(used, percent))
-    except InfeasibleBudgetError:
-        return None
-    state.set_solution(current)
-    return current
 
 
 def _check_chain(tables: Tables, directory: Path, which: ModelChoice) -> None:

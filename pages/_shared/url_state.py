@@ -98,3 +98,14 @@ def _number(
     if value is None or not math.isfinite(value) or not low <= value <= high:
         return None
     return value
+
+
+def restore_session() -> None:
+    """A new session: keep the URL it started with, and take the model it names."""
+    remember_start()
+    problem = restore_model()
+    if problem is not None:
+        st.error(problem)
+
+
+state.on_session(restore_session, sync_model)

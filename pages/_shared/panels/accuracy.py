@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+import pages._shared.panels.accuracy_finetune as accuracy_finetune
 from core.errors import LayerMergeError
 from core.families import list_models
 from core.importance import MODES
@@ -25,7 +26,6 @@ from pages._shared.chain_figure import chain_figure
 from pages._shared.jobs import Job
 from pages._shared.messages import EXAMPLE_FUNCTION, unknown_model
 from pages._shared.numbers import count, ms, speedup
-from pages._shared.panels import accuracy_finetune
 from pages._shared.panels.accuracy_results import export_view
 from pages._shared.panels.base import (
     DATA_KINDS,

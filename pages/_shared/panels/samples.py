@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+import pages._shared.panels.samples_finetune as samples_finetune
 from core.errors import LayerMergeError
 from core.families.unet.chain import unet_segments, unet_table_entries
 from core.families.unet.unet import DIFFUSERS_FOLDER_PREFIX, WEIGHT_FILES
@@ -23,7 +24,6 @@ from pages._shared import caches, jobs_tables
 from pages._shared.chain_figure import chain_figure
 from pages._shared.grids import grid_caption, original_grid, show_grid
 from pages._shared.jobs import Job
-from pages._shared.panels import samples_finetune
 from pages._shared.panels.base import (
     ExportView,
     ModelRequest,
