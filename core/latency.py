@@ -308,6 +308,7 @@ def measure_latency(
     entries: Collection[EntryKey] | int | None = None,
     cancel: threading.Event | None = None,
     timer: Timer | None = None,
+    remeasure_unreliable: bool = False,
 ) -> LatencyTable:
     """Measure the latency table of ``traced`` (and the whole network) on this machine.
 
@@ -329,6 +330,9 @@ def measure_latency(
             fills the partial store but writes no table.
         cancel: when set, the run stops after the timing in progress (``cancelled`` result, no
             table written, finished samples saved).
+        remeasure_unreliable: time again a finished table whose timings stayed slow (the
+            machine may be quiet now); otherwise such a table is read back as it is, with its
+            warning (so a copy of a shipped table is never re-timed behind the user's back).
         timer: times one module (:data:`Timer`); by default the config's backend. Tests pass a
             fake clock.
 
@@ -362,8 +366,11 @@ def measure_latency(
     directory = None
     if out is not None:
         directory, existing = open_table_directory(out, chain_digest)
-        # a table whose timings stayed slow is measured again: the machine may be quiet now
-        contended = bool((existing.get("latency_noise") or {}).get("unresolved"))
+        # a table whose timings stayed slow is measured again when asked: the machine may be
+        # quiet now (``profile --remeasure``, ``make tables``)
+        contended = remeasure_unreliable and bool(
+            (existing.get("latency_noise") or {}).get("unresolved")
+        )
         if not restricted and existing.get("latency_key") == key and not contended:
             expected = [_entry_key(s, o) for s, o in all_items]
             cached = read_finished_table(directory, existing, "latency", expected)

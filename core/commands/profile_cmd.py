@@ -79,6 +79,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"seconds of timed repeats per distinct merged conv (default {DEFAULT_MIN_RUN_TIME_S})",
     )
     parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="time the table in --out again if its last run warned that timings stayed slow",
+    )
+    parser.add_argument(
         "--no-network",
         action="store_true",
         help="skip timing the whole network (meta.json then has no additivity error)",
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out=args.out,
         config=config,
         progress=progress_printer("profile"),
+        remeasure_unreliable=args.remeasure,
     )
     meta = result.meta
     warning = table_warning(meta, args.out) if result.complete else None

@@ -126,6 +126,7 @@ def profile(
     config: LatencyConfig | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    remeasure_unreliable: bool = False,
 ) -> LatencyResult:
     """Measure MODEL's latency table on this machine (and the whole network, for the error).
 
@@ -137,13 +138,21 @@ def profile(
         config: batch, backend, device, threads and timing settings.
         progress: ``progress(done, total, eta_s)`` in entries; raising stops the run (saved).
         cancel: when set, the run stops after the timing in progress.
+        remeasure_unreliable: time a finished table again when its timings stayed slow.
 
     Raises:
         LayerMergeError: bad input (model, settings, device, directory); one clear line.
     """
     family, bundle, traced = load_traced(model, weights=weights, width=width, input_size=input_size)
     table = measure_latency(
-        bundle, traced, config, family=family, out=out, progress=progress, cancel=cancel
+        bundle,
+        traced,
+        config,
+        family=family,
+        out=out,
+        progress=progress,
+        cancel=cancel,
+        remeasure_unreliable=remeasure_unreliable,
     )
     return LatencyResult(
         model=bundle.name,
