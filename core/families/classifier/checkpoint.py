@@ -276,7 +276,8 @@ def check_network_state(
     The spec is built on the meta device (nothing allocated) to learn the expected tensors.
 
     Raises:
-        UnsafeCheckpointError: the spec is invalid, or tensors are missing, extra or misshapen.
+        UnsafeCheckpointError: the spec is invalid, or tensors are missing, extra, misshapen or
+            not finite.
     """
     validate_network_spec(spec, name=name)
     try:
@@ -360,6 +361,11 @@ def _check_tensors(
             )
         if value.is_floating_point() != tensor.is_floating_point():
             raise UnsafeCheckpointError(f"{name}: {key!r} has dtype {value.dtype}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UnsafeCheckpointError(
+                f"{name}: {key!r} holds NaN or infinity: the file is damaged or comes from a "
+                "run that diverged"
+            )
 
 
 def _check_conv(step: dict[str, Any], where: str, names: set[str]) -> None:
