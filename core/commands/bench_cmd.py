@@ -18,9 +18,8 @@ from typing import Any
 from core.benchmark import BACKENDS, DEFAULT_ROUNDS, use_heap_allocator
 from core.commands.common import add_model_arguments, load, options_of, require_positive
 from core.families.unet.workflow import FD_SAMPLES, SAMPLES, SAMPLING_REPEATS, SAMPLING_STEPS
-from core.tables import read_meta
 from core.workflows.measure import measure
-from core.workflows.model import load_solution
+from core.workflows.model import load_compressed, load_solution, tables_meta_for
 
 __all__ = ["add_parser", "run", "format_text"]
 
@@ -114,13 +113,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     done = measure(
         model,
         solution,
-        compressed=args.compressed,
+        compressed=load_compressed(model, solution, args.compressed) if args.compressed else None,
         baseline=args.baseline,
         backends=_backends(args.backend),
         batch=args.batch,
         rounds=args.rounds,
         threads=args.threads,
-        tables_meta=read_meta(args.tables) if args.tables else None,
+        tables_meta=tables_meta_for(model, args.tables, solution) if args.tables else None,
         extra=extra,
     )
     return {
