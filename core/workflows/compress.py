@@ -99,8 +99,8 @@ def compress(
     outputs = []
     if out is not None:
         checkpoint = family.checkpoint(merged, bundle, traced, solution, metrics=metrics)
-        data_bytes = torch_bytes(checkpoint)
-        outputs.append(OutputFile(out, bytes_writer(data_bytes), "the compressed checkpoint"))
+        serialized = bytes_writer(torch_bytes(checkpoint))  # before any file is touched
+        outputs.append(OutputFile(out, serialized, "the compressed checkpoint"))
     if onnx is not None:
         outputs.append(
             OutputFile(onnx, lambda tmp: family.export_onnx(merged, tmp, traced), "the ONNX file")
