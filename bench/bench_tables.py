@@ -7,11 +7,16 @@ Three timings, each from an empty output directory (nothing cached):
 3. the demo importance table of ``digits_resnet`` (finetune mode, default settings) with 2
    local processes.
 
-For the two profiles it also reports the additivity error (keep-everything table sum vs the
-measured whole network), the number of entries and of distinct merged convs actually timed.
-Targets (issue 3): each at most 5 minutes on the 2-core development CPU.
+The profiles run under the profiling protocol (core.latency: one thread, the heap allocator
+setting applied to this process, interleaved rounds with a contention check, the folded network
+and the structure costs). For each it also reports the additivity error (keep-everything table
+sum vs the measured network, BN folded), what the structure costs leave unexplained, the noise
+the run found and whether the table came out unreliable (core.speed.table_warning), the number of
+entries and of distinct merged convs actually timed. Targets (issue 3): each at most 5 minutes on
+the 2-core development CPU.
 
 Run: ``.venv/bin/python bench/bench_tables.py [--threads 1] [--skip-importance]``
+(``--smoke``: 64x64 inputs and short timings, seconds: proves the script runs.)
 """
 
 from __future__ import annotations
@@ -27,26 +32,35 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.benchmark import TimingSettings  # noqa: E402
 from core.chain import trace_chain  # noqa: E402
 from core.files import library_versions  # noqa: E402
 from core.importance import ImportanceConfig, estimate_importance  # noqa: E402
 from core.latency import LatencyConfig, cpu_model, measure_latency  # noqa: E402
 from core.models import build_model  # noqa: E402
+from core.speed import table_warning  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/bench_tables.py"
 PROFILES = (("resnet34", 1.0), ("mobilenet_v2", 1.4))
 TARGET_S = 300.0
 
 
-def bench_profile(name: str, width: float, *, threads: int, batch: int = 1) -> dict[str, Any]:
+def bench_profile(
+    name: str, width: float, *, threads: int, batch: int = 1, smoke: bool = False
+) -> dict[str, Any]:
     """Profile one model from scratch, timing the whole call (build and trace included)."""
     started = time.perf_counter()
-    bundle = build_model(name, width=width, input_size=224)
-    chain = trace_chain(bundle.model, 224)
+    size = 64 if smoke else 224
+    bundle = build_model(name, width=width, input_size=size)
+    chain = trace_chain(bundle.model, size)
+    config = LatencyConfig(batch=batch, threads=threads)
+    if smoke:
+        config = LatencyConfig(batch=batch, threads=threads, min_run_time=0.01, rounds=2)
     with tempfile.TemporaryDirectory(prefix="bench-tables-") as out:
-        table = measure_latency(bundle, chain, LatencyConfig(batch=batch, threads=threads), out=out)
+        table = measure_latency(bundle, chain, config, out=out)
     seconds = time.perf_counter() - started
     meta = table.meta
+    noise = meta["latency_noise"]
     return {
         "model": f"{name}-{width:g}" if width != 1.0 else name,
         "entries": len(table.entries),
@@ -55,7 +69,13 @@ def bench_profile(name: str, width: float, *, threads: int, batch: int = 1) -> d
         "table_ms": round(meta["original_table_latency_ms"], 2),
         "network_ms": round(meta["network_latency_ms"], 2),
         "additivity_error": round(meta["additivity_error"], 3),
+        "unexplained": round(meta["additivity_unexplained"], 3),
+        "slow_samples": noise["slow_samples"],
+        "remeasured": noise["remeasured"],
+        "unresolved": noise["unresolved"],
+        "warning": table_warning(meta),
         "threads": meta["threads"],
+        "allocator": meta["allocator"],
     }
 
 
@@ -87,21 +107,28 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="importance processes")
     parser.add_argument("--skip-importance", action="store_true")
     parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: prove it runs")
     args = parser.parse_args()
+    TimingSettings(allocator="heap").apply()  # the protocol's setting; process-wide
     load = os.getloadavg()[0]
     print(f"{cpu_model()}, load average {load:.1f}, {json.dumps(library_versions())}")
     results: dict[str, Any] = {"load_average_start": round(load, 2)}
     if not args.skip_profile:
         results["profile"] = []
-        print("| model | entries | distinct convs | seconds | table ms | network ms | additivity |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(
+            "| model | entries | distinct convs | seconds | table ms | network ms (BN folded) | "
+            "additivity | unexplained | slow / re-timed / unresolved | warning |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for name, width in PROFILES:
-            row = bench_profile(name, width, threads=args.threads)
+            row = bench_profile(name, width, threads=args.threads, smoke=args.smoke)
             results["profile"].append(row)
             print(
                 f"| {row['model']} | {row['entries']} | {row['distinct_convs']} | "
                 f"{row['seconds']} | {row['table_ms']} | {row['network_ms']} | "
-                f"{row['additivity_error']:+.1%} |",
+                f"{row['additivity_error']:+.1%} | {row['unexplained']:+.1%} | "
+                f"{row['slow_samples']} / {row['remeasured']} / {row['unresolved']} | "
+                f"{'yes' if row['warning'] else 'no'} |",
                 flush=True,
             )
     if not args.skip_importance:

@@ -8,6 +8,12 @@ compared (DESIGN.md, "Honest numbers"). Backends: torch eager and ONNX Runtime.
 The fair baseline is the original network with its BNs folded into the convs, as the paper
 measures (LAYERMERGE.md §6.4: "the baseline has BN folded too"): :func:`folded_original`.
 
+A measurement of a table's solutions reuses the table's settings (:class:`TimingSettings`: batch,
+threads, backend, and the glibc allocator setting of :func:`use_heap_allocator`, which is
+process-wide). A command-line process applies them (:meth:`TimingSettings.apply`); a process that
+must not change its allocator (the app) runs the timing in a worker process that has them
+(:class:`SettingsWorker`). Predicted speed-ups come from the one speed model, :mod:`core.speed`.
+
 Example:
     >>> rows = compare(folded_original(model, chain), merged, input_shape=(3, 224, 224))
     >>> rows[0].speedup  # doctest: +SKIP
@@ -18,11 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +44,7 @@ from core.network import StepNetwork
 from core.onnx_export import export_onnx
 from core.segments import keep_everything_solution
 from core.solution import Solution
+from core.speed import predict_speed, speedup_from_totals
 from core.threads import torch_threads
 
 __all__ = [
@@ -49,6 +57,10 @@ __all__ = [
     "predicted_from_meta",
     "alternate",
     "use_heap_allocator",
+    "allocator_in_effect",
+    "ALLOCATORS",
+    "TimingSettings",
+    "SettingsWorker",
 ]
 
 BACKENDS = ("torch", "onnxruntime")
@@ -59,6 +71,8 @@ DEFAULT_ROUND_S = 0.05  # each round runs a network for at least this long
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _HEAP_THRESHOLD_BYTES = 1 << 30
+ALLOCATORS = ("heap", "default")  # use_heap_allocator() applied, or glibc as the process started
+_heap_applied = False  # set once use_heap_allocator() succeeded in this process
 T = TypeVar("T")
 
 
@@ -77,6 +91,8 @@ class Comparison:
     rounds: int
     iterations: int  # forwards per network per round
     threads: int
+    allocator: str = "default"  # the process's allocator setting (allocator_in_effect)
+    load_average: float | None = None  # the machine's 1-minute load average after the run
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -157,6 +173,8 @@ def measure_side_by_side(
         rounds=rounds,
         iterations=iterations,
         threads=thread_count,
+        allocator=allocator_in_effect(),
+        load_average=_load_average(),
     )
 
 
@@ -203,20 +221,22 @@ def predicted_speedup(
     original_table_latency_ms: float,
     *,
     network_latency_ms: float | None = None,
+    solution: Solution | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> float:
-    """The speed-up the latency table predicts for a solution.
+    """The speed-up the one speed model (:mod:`core.speed`) predicts for a solution.
 
-    The table covers the convs and activations only; when the whole original network was also
-    measured (``network_latency_ms``, in meta.json), the rest (stem pooling, classifier, ...)
-    is assumed unchanged: predicted = network / (network - table original + table solution).
-    Without it, the plain ratio of table sums.
+    Given ``solution`` and its tables' ``meta``, the whole model: the measured original network
+    (BN folded, meta.json's ``network_folded_latency_ms``) with the table latencies of the
+    original's segments swapped for the solution's, and the structure the merge changes (absorbed
+    residual adds, activations). Given only sums, the same model without the structure term:
+    N / (N - table original + table solution), with N = ``network_latency_ms`` (tables made
+    under the profiling protocol record the folded network there too); without N, the plain
+    ratio of table sums.
     """
-    if solution_latency_ms <= 0 or original_table_latency_ms <= 0:
-        return float("nan")
-    if network_latency_ms is None or network_latency_ms <= 0:
-        return original_table_latency_ms / solution_latency_ms
-    rest = max(network_latency_ms - original_table_latency_ms, 0.0)
-    return (rest + original_table_latency_ms) / (rest + solution_latency_ms)
+    if solution is not None and meta is not None:
+        return predict_speed(meta, solution).speedup
+    return speedup_from_totals(solution_latency_ms, original_table_latency_ms, network_latency_ms)
 
 
 def alternate(runs: Mapping[str, Callable[[], T]], *, repeats: int) -> dict[str, list[T]]:
@@ -241,23 +261,21 @@ def predicted_from_meta(meta: Mapping[str, Any], solution: Solution) -> dict[str
     """What a table directory's meta.json predicts for ``solution``, beside the settings it used.
 
     Returns:
-        The table latencies (the solution's, the original's, the whole network's when measured),
-        :func:`predicted_speedup`, and the batch, backend and threads the table was measured with.
+        The speed model's prediction (:class:`core.speed.SpeedPrediction` as a dict: speed-up,
+        the measured original and the predicted network in ms, and the parts), with the table
+        latencies under their older names and the batch, backend, threads and allocator the
+        table was measured with.
     """
-    original_table = float(meta.get("original_table_latency_ms", 0.0))
-    network = meta.get("network_latency_ms")
+    prediction = predict_speed(meta, solution)
     return {
+        **prediction.to_dict(),
         "table_latency_ms": solution.latency_ms,
-        "original_table_latency_ms": original_table,
-        "network_latency_ms": network,
-        "speedup": predicted_speedup(
-            solution.latency_ms,
-            original_table,
-            network_latency_ms=float(network) if network else None,
-        ),
+        "original_table_latency_ms": prediction.original_table_ms,
+        "network_latency_ms": prediction.network_ms,
         "table_batch": meta.get("batch"),
         "table_backend": meta.get("backend"),
         "table_threads": meta.get("threads"),
+        "table_allocator": meta.get("allocator", "default"),
     }
 
 
@@ -286,10 +304,109 @@ def use_heap_allocator() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(
+    applied = bool(
         mallopt(_M_MMAP_THRESHOLD, _HEAP_THRESHOLD_BYTES)
         and mallopt(_M_TRIM_THRESHOLD, _HEAP_THRESHOLD_BYTES)
     )
+    global _heap_applied
+    _heap_applied = _heap_applied or applied
+    return applied
+
+
+def allocator_in_effect() -> str:
+    """``heap`` once :func:`use_heap_allocator` succeeded in this process, else ``default``.
+
+    What latency tables and measurements record: the setting cannot be undone, so a process
+    that applied it measures with it from then on.
+    """
+    return "heap" if _heap_applied else "default"
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How a latency table was measured, which every later measurement of it reuses.
+
+    Args:
+        batch: images per forward pass.
+        threads: intra-op threads.
+        allocator: ``heap`` (:func:`use_heap_allocator`) or ``default``.
+        backend: ``torch`` or ``onnxruntime`` (the table's latency backend).
+        device: ``cpu`` (side-by-side measurements run on the CPU).
+    """
+
+    batch: int = 1
+    threads: int = 1
+    allocator: str = "heap"
+    backend: str = "torch"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.allocator not in ALLOCATORS:
+            raise LayerMergeError(
+                f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}"
+            )
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> TimingSettings:
+        """The settings a table's meta.json records (older tables: glibc's default allocator)."""
+        return cls(
+            batch=int(meta.get("batch") or 1),
+            threads=int(meta.get("threads") or 1),
+            allocator=str(meta.get("allocator") or "default"),
+            backend=str(meta.get("backend") or "torch"),
+            device=str(meta.get("device") or "cpu"),
+        )
+
+    def holds_here(self) -> bool:
+        """Whether this process measures with these settings (its allocator matches)."""
+        return allocator_in_effect() == self.allocator
+
+    def apply(self) -> TimingSettings:
+        """Apply the process-wide part (the allocator) here: for command-line processes only.
+
+        Returns:
+            The settings now in effect (``default`` stays ``heap`` once heap was applied; a
+            system without glibc stays ``default``).
+        """
+        if self.allocator == "heap" and not _heap_applied:
+            use_heap_allocator()
+        return replace(self, allocator=allocator_in_effect())
+
+
+class SettingsWorker:
+    """A worker process with a table's settings, for a process that must not apply them.
+
+    The allocator setting is process-wide and cannot be undone, so the app never applies it to
+    itself: it runs the timing in this worker instead (a fresh process from joblib's loky, the
+    one the importance runner uses, which works under Streamlit). Use as a context manager;
+    :meth:`call` runs a module-level function there and returns its (picklable) result.
+    """
+
+    def __init__(self, settings: TimingSettings) -> None:
+        from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+        self.settings = settings
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, initializer=_apply_in_worker, initargs=(settings,)
+        )
+
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        return self._pool.submit(function, *args).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> SettingsWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _apply_in_worker(settings: TimingSettings) -> None:
+    """A worker's initializer: the settings' allocator, and their thread count as the default."""
+    settings.apply()
+    torch.set_num_threads(settings.threads)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -350,6 +467,12 @@ def _time_calls(run: Callable[[], Any], iterations: int) -> float:
     for _ in range(iterations):
         run()
     return (time.perf_counter() - started) / iterations
+
+
+def _load_average() -> float | None:
+    with contextlib.suppress(OSError, AttributeError):
+        return round(os.getloadavg()[0], 2)
+    return None
 
 
 def _iqr(values: Sequence[float]) -> float:

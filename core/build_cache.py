@@ -3,24 +3,30 @@
 One documented command (DESIGN.md, "cached_tables/"; ``make tables`` runs it)::
 
     python -m core.build_cache [--retrain] [--models digits_resnet digits_mobilenet digits_unet]
-                               [--jobs 2]
+                               [--jobs 2] [--frontier-points N] [--skip-frontier]
 
 For each demo model it
 
 1. trains the shipped weights when they are missing (or with ``--retrain``): the classifiers with
    :mod:`core.demo_models`, the diffusion UNet ``digits_unet`` with :mod:`core.families.unet.demo`
    (a diffusers folder in ``cached_tables/demo_weights/digits_unet/``);
-2. measures the latency table (torch, CPU, batch 64: every entry is well above the timer's
-   noise; one thread by default, because on a shared 2-core machine a second OpenMP thread waits
-   on other processes and timings scatter by an order of magnitude);
+2. measures the latency table under the profiling protocol (:mod:`core.latency`: torch, CPU,
+   batch 64, so every entry is well above the timer's noise; one thread; glibc's heap allocator
+   setting, applied to this process; interleaved rounds with a reference op that finds slow
+   phases). The run says in one line when the table came out unreliable: rerun it then;
 3. estimates the importance table with the family's default settings (classifiers: finetune
    mode on the digits data; the UNet: the ε-loss of briefly finetuned networks on the diffusion
    digits), ``--jobs`` processes;
-4. rewrites ``cached_tables/manifest.json`` listing every table directory.
+4. measures the frontier (:mod:`core.workflows.frontier`): every point of every method's
+   frontier, merged and timed against the original with the table's settings, into
+   ``frontier_measured.json`` beside the tables (``--frontier-points N`` keeps N per method);
+5. rewrites ``cached_tables/manifest.json`` listing every table directory.
 
-Steps 2 and 3 are the one tables pipeline every family runs (:mod:`core.latency`,
-:mod:`core.importance`): cached by content (chain, weights, data and settings digests), so a rerun
-with nothing changed costs seconds, and an interrupted run resumes.
+Steps 2 to 4 are cached by content (chain, weights, data, settings and solution digests), so a
+rerun with nothing changed costs seconds, and an interrupted run resumes where it stopped: the
+latency samples, the importance entries and the measured points are saved as they finish.
+``--root``, ``--min-run-time``, ``--rounds`` and ``--frontier-rounds`` exist to smoke-test the
+command on a copy in seconds; the shipped tables use the defaults.
 """
 
 from __future__ import annotations
@@ -34,14 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.benchmark import ALLOCATORS, TimingSettings
 from core.commands.common import progress_printer
 from core.errors import LayerMergeError
 from core.families import family_for
 from core.importance import estimate_importance
-from core.latency import LatencyConfig, measure_latency
+from core.latency import DEFAULT_MIN_RUN_TIME_S, DEFAULT_ROUNDS, LatencyConfig, measure_latency
+from core.speed import table_warning
 from core.tables import MANIFEST_PATH, write_manifest
+from core.workflows.frontier import DEFAULT_ROUNDS as FRONTIER_ROUNDS
+from core.workflows.frontier import measure_frontier
+from core.workflows.model import loaded
 
-__all__ = ["DemoTable", "DEMO_TABLES", "build_demo_tables", "main"]
+__all__ = ["BuildSettings", "DemoTable", "DEMO_TABLES", "build_demo_tables", "main"]
 
 CACHE_DIR = MANIFEST_PATH.parent
 DEMO_BATCH = 64  # images per timed call: the smallest digits conv then takes ~0.1 ms
@@ -117,6 +128,27 @@ DEMO_TABLES: tuple[DemoTable, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class BuildSettings:
+    """How the demo tables are measured (the defaults are what ships).
+
+    Args:
+        threads: latency timing threads.
+        min_run_time: seconds of timed repeats per distinct geometry (core.latency).
+        rounds: interleaved latency rounds.
+        frontier: measure each demo's frontier.
+        frontier_points: points per method to measure; None: every point.
+        frontier_rounds: alternating rounds per measured point.
+    """
+
+    threads: int = DEMO_THREADS
+    min_run_time: float = DEFAULT_MIN_RUN_TIME_S
+    rounds: int = DEFAULT_ROUNDS
+    frontier: bool = True
+    frontier_points: int | None = None
+    frontier_rounds: int = FRONTIER_ROUNDS
+
+
 def build_demo_tables(
     models: Sequence[str] | None = None,
     *,
@@ -124,15 +156,21 @@ def build_demo_tables(
     jobs: int = 2,
     threads: int = DEMO_THREADS,
     root: Path = CACHE_DIR,
+    settings: BuildSettings | None = None,
 ) -> dict[str, Any]:
-    """Weights (if missing), latency and importance tables, and the manifest for the demo models.
+    """Weights (if missing), latency and importance tables, measured frontiers and the manifest.
+
+    The caller's process should have the heap allocator setting applied
+    (``core.benchmark.use_heap_allocator``; :func:`main` does): the tables record it, and their
+    measured frontiers are timed with it.
 
     Args:
         models: demo model names; None: all of :data:`DEMO_TABLES`.
         retrain: retrain the demo weights even when the files exist.
         jobs: importance worker processes.
-        threads: latency timing threads.
+        threads: latency timing threads (``settings.threads`` wins when settings are given).
         root: the ``cached_tables`` folder.
+        settings: timing settings; None: the shipped defaults with ``threads``.
 
     Returns:
         A JSON-able report: per model the seconds each step took, and the manifest.
@@ -147,15 +185,16 @@ def build_demo_tables(
             f"unknown demo models {sorted(unknown)}; choose from "
             f"{', '.join(t.model for t in DEMO_TABLES)}"
         )
+    settings = settings or BuildSettings(threads=threads)
     report: dict[str, Any] = {}
     for demo in chosen:
-        report[demo.model] = _build_one(demo, root / demo.dir, retrain, jobs, threads)
+        report[demo.model] = _build_one(demo, root / demo.dir, retrain, jobs, settings)
     report["manifest"] = write_manifest(root / MANIFEST_PATH.name)
     return report
 
 
 def _build_one(
-    demo: DemoTable, out: Path, retrain: bool, jobs: int, threads: int
+    demo: DemoTable, out: Path, retrain: bool, jobs: int, settings: BuildSettings
 ) -> dict[str, Any]:
     """One demo model's weights (if missing) and tables in ``out``."""
     name = demo.model
@@ -169,16 +208,28 @@ def _build_one(
     if bundle.weights_source != "shipped":
         raise LayerMergeError(f"{name}: no trained demo weights after training")
     traced = family.trace(bundle)
+    config = LatencyConfig(
+        batch=DEMO_BATCH,
+        threads=settings.threads,
+        min_run_time=settings.min_run_time,
+        rounds=settings.rounds,
+    )
     latency = measure_latency(
         bundle,
         traced,
-        LatencyConfig(batch=DEMO_BATCH, threads=threads),
+        config,
         family=family,
         out=out,
         progress=progress_printer(f"{name} latency"),
     )
     steps["latency_s"] = round(latency.seconds, 1)
     steps["latency_computed"] = latency.computed
+    steps["allocator"] = latency.meta.get("allocator")
+    steps["latency_noise"] = latency.meta.get("latency_noise")
+    warning = table_warning(latency.meta, str(out))
+    steps["latency_warning"] = warning
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     importance = estimate_importance(
         bundle,
         traced,
@@ -192,8 +243,25 @@ def _build_one(
     steps["importance_s"] = round(importance.seconds, 1)
     steps["importance_computed"] = importance.computed
     steps["additivity_error"] = latency.meta.get("additivity_error")
+    steps["additivity_unexplained"] = latency.meta.get("additivity_unexplained")
     steps["base_accuracy"] = importance.meta.get("importance_base_accuracy")
     steps["base_loss"] = importance.meta.get("importance_base_loss")
+    if settings.frontier:
+        frontier = measure_frontier(
+            loaded(bundle, traced, family=family),
+            out,
+            points=settings.frontier_points,
+            rounds=settings.frontier_rounds,
+            progress=progress_printer(f"{name} frontier"),
+        )
+        errors = list(
+            {row.solution_key: row.error for row in frontier.rows if row.error is not None}.values()
+        )
+        steps["frontier_s"] = round(frontier.seconds, 1)
+        steps["frontier_measured_now"] = frontier.measured_now
+        steps["frontier_points"] = len({row.solution_key for row in frontier.rows})
+        steps["frontier_worst_error"] = max(errors, key=abs) if errors else None
+        steps["frontier_within_10_percent"] = sum(abs(e) <= 0.1 for e in errors)
     return steps
 
 
@@ -233,10 +301,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=DEMO_THREADS, help="latency timing threads (default 1)"
     )
+    parser.add_argument(
+        "--allocator",
+        default="heap",
+        choices=ALLOCATORS,
+        help="glibc allocator setting of this process, recorded in the tables (default heap)",
+    )
+    parser.add_argument(
+        "--frontier-points",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure N points per method of each frontier (default: every point)",
+    )
+    parser.add_argument("--skip-frontier", action="store_true", help="do not measure the frontiers")
+    smoke = parser.add_argument_group("smoke tests (the shipped tables use the defaults)")
+    smoke.add_argument(
+        "--root", type=Path, default=CACHE_DIR, help="the cached_tables folder to write"
+    )
+    smoke.add_argument("--min-run-time", type=float, default=DEFAULT_MIN_RUN_TIME_S)
+    smoke.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
+    smoke.add_argument("--frontier-rounds", type=int, default=FRONTIER_ROUNDS)
     args = parser.parse_args(argv)
     try:
+        TimingSettings(allocator=args.allocator).apply()  # process-wide: this process only
+        settings = BuildSettings(
+            threads=args.threads,
+            min_run_time=args.min_run_time,
+            rounds=args.rounds,
+            frontier=not args.skip_frontier,
+            frontier_points=args.frontier_points,
+            frontier_rounds=args.frontier_rounds,
+        )
         report = build_demo_tables(
-            args.models, retrain=args.retrain, jobs=args.jobs, threads=args.threads
+            args.models,
+            retrain=args.retrain,
+            jobs=args.jobs,
+            root=args.root,
+            settings=settings,
         )
     except LayerMergeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -89,6 +89,7 @@ from core.table_store import (
 from core.tables import EntryKey, TableEntry
 
 __all__ = [
+    "PortableWeights",
     "ImportanceConfig",
     "EntryScore",
     "ImportanceTable",
@@ -255,8 +256,24 @@ class ImportanceTable:
     cancelled: bool = False
 
 
+class PortableWeights:
+    """A recipe (a frozen dataclass with ``weights_bytes`` and ``weights_path``) whose weights
+    travel as bytes to remote workers and as a file to local ones."""
+
+    weights_file: ClassVar[str] = "weights.pt"
+
+    def localized(self, scratch: Path) -> Any:
+        """The recipe with its weight bytes written to a file in ``scratch``: local workers then
+        read the file once each instead of receiving the bytes with every task."""
+        if self.weights_bytes is None:  # type: ignore[attr-defined]
+            return self
+        path = scratch / self.weights_file
+        path.write_bytes(self.weights_bytes)  # type: ignore[attr-defined]
+        return replace(self, weights_bytes=None, weights_path=str(path))  # type: ignore[type-var]
+
+
 @dataclass(frozen=True)
-class ModelRecipe:
+class ModelRecipe(PortableWeights):
     """What a worker needs to rebuild the model: small, picklable, checked by digest.
 
     Weights travel as a file path (local workers can read it) or as the file's bytes (remote
@@ -293,15 +310,6 @@ class ModelRecipe:
             weights_bytes=data,
             model_kwargs=tuple(sorted(bundle.model_kwargs.items())),
         )
-
-    def localized(self, scratch: Path) -> ModelRecipe:
-        """The recipe with its weight bytes written to a file in ``scratch``: local workers then
-        read the file once each instead of receiving the bytes with every task."""
-        if self.weights_bytes is None:
-            return self
-        path = scratch / "weights.pt"
-        path.write_bytes(self.weights_bytes)
-        return replace(self, weights_bytes=None, weights_path=str(path))
 
     def build(self) -> ModelBundle:
         """Rebuild the model and check it has the recorded weights.

@@ -1,15 +1,14 @@
-"""Budget: a latency budget in, the DP's answer out, beside the three methods' frontiers."""
+"""Budget: how much quality for how much speed, for every method, with the DP's answer at a budget."""
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
-from core.dp import list_methods
-from core.errors import InfeasibleBudgetError
-from pages._shared import caches, figures, frame, panels, state, views
-from pages._shared.tables_in_use import budget_ms, frontiers, tables_in_use
+from core.errors import LayerMergeError
+from pages._shared import budget_state, budget_views, caches, figures, frame, panels, pins, state
+from pages._shared.frontier_view import frontier_view
+from pages._shared.measured import calibration_points, session_points
+from pages._shared.tables_in_use import budget_ms, tables_in_use
 
 frame.frame_guard()
 
@@ -21,54 +20,85 @@ used = frame.require(
     "Model page.",
 )
 panel = panels.current()
-fronts = frontiers(used)
-original_ms = used.original_ms
+view = frontier_view(used)
+budget_state.settle(used, view)
 
 left, right = st.columns([3, 1])
 percent = left.slider(
     "Latency budget, % of the original network's table latency",
-    min_value=5,
+    min_value=view.slider_min,
     max_value=100,
-    value=state.DEFAULT_BUDGET_PERCENT,
     step=1,
     format="%d%%",
-    key="budget",
-    on_change=views.forget_pick,
+    key=budget_state.BUDGET,
+    on_change=budget_state.forget_pick,
     persist_state="session",
 )
 method = right.radio(
-    "Method", list_methods(), key="method", on_change=views.forget_pick, persist_state="session"
+    "Method",
+    view.methods,
+    key=budget_state.METHOD,
+    on_change=budget_state.forget_pick,
+    persist_state="session",
+    help="layermerge: merge and prune (this project's search contains both baselines); "
+    "depth: remove activations only (Kim23); layer: prune convs only",
 )
+budget_state.write_url(method, percent)
 budget = budget_ms(used, percent)
-left.caption(f"Budget {budget:.4g} ms of the original {original_ms:.4g} ms (table sums).")
+left.caption(
+    f"Budget {budget:.4g} ms of the original {used.original_ms:.4g} ms (table sums); the "
+    f"slider starts at {view.slider_min}%, the fastest any method reaches."
+)
+note = budget_state.pop_note()
+if note:
+    st.info(note)
 
-try:
-    current = views.chosen_solution(fronts, method, budget)
-except InfeasibleBudgetError as exc:
+point = budget_state.chosen_point(used, view, method, budget)
+current = None
+if point is None:
     state.set_solution(None)
-    fastest = min(points[0].latency_ms for points in fronts.values() if points)
-    needed = math.ceil(fronts[method][0].latency_ms / original_ms * 100 - 1e-6)
-    st.error(
-        f"Impossible budget: {exc}. Raise the budget to at least {needed}% for {method} "
-        f"(the fastest solution of any method needs {fastest:.4g} ms)."
-    )
-    current = None
+    budget_views.infeasible(view, used, method, percent)
 else:
+    current = view.curves[point[0]].points[point[1]].solution(budget)
     state.set_solution(current)
-    views.solution_summary(current, caches.chain(), used, rows=panel.solution_rows(current))
+    wanted = [current, *(p.solution for p in pins.pins_of(used))]
+    budget_views.headline(
+        view, current, panel, original_depth=len(caches.chain().convs), wanted=wanted
+    )
 
-st.subheader("Frontiers")
-st.caption(
-    "Every Pareto-optimal solution of each method on these tables (exact DP). Click a point to "
-    "select it; the star is the solution shown above. Importance is a sum over a solution's "
-    "segments, so it compares solutions of one method; the methods count different numbers "
-    "of segments (layer always keeps one per conv), and only finetuned quality compares them."
+st.subheader(f"Speed-up against {view.quality}, every method")
+shown = []
+if view.value_kind == "predicted":  # measurements share the axis only with predicted values
+    try:
+        shown = calibration_points(view, used)
+    except LayerMergeError as exc:
+        st.error(f"The shipped calibration results are not shown: {exc}")
+    shown += session_points(view, used, panel)
+chart = figures.frontier_figure(
+    view,
+    method=method,
+    current=(view.speedup(current.latency_ms), view.value_of(current)) if current else None,
+    budget=(view.speedup(budget), f"budget {percent}%"),
+    measured=shown,
 )
 st.plotly_chart(
-    figures.frontier_figure(fronts, original_ms=original_ms, budget_ms=budget, current=current),
-    key="frontier_chart",
-    on_select=views.take_pick,
+    chart,
+    key=budget_state.CHART,
+    on_select=budget_state.take_pick,
     selection_mode="points",
 )
+st.caption(
+    f"Each line is a method's exact frontier (DP) on these tables: x is the whole network's "
+    f"predicted speed-up, y its predicted {view.quality} (original + ΣΔ over its segments), "
+    "one scale for every method. Each Δ was measured after a brief finetune, so the lines "
+    "predict a finetuned network. Click a point to select it; the star is the solution above. "
+    "Markers are measurements: ✕ after surgery alone (no finetune), ▲ after finetuning (filled: "
+    "this session; open: the shipped calibration run), at the measured speed-up where one was "
+    "timed."
+)
 if current is not None:
+    st.subheader("Pinned solutions")
+    pins.section(view, used, panel, current, point)
+    st.subheader("The solution")
+    budget_views.details(current, caches.chain(), panel.solution_rows(current))
     panel.quality_section(current, used)

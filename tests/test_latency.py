@@ -1,31 +1,70 @@
-"""Latency table: one row per chain entry, real timings, resume, cache, backends, CLI."""
+"""Latency table: one row per chain entry, real timings, the profiling protocol (driven by a fake
+clock: no timing assertions), resume, cache, backends, CLI."""
 
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 import torch
 
+from core import latency
 from core.__main__ import main
 from core.chain import trace_chain
 from core.errors import LayerMergeError, TableMismatchError
 from core.latency import (
+    NETWORK_JOB,
+    REFERENCE,
     LatencyBackend,
     LatencyConfig,
+    Timing,
     get_backend,
     list_backends,
     measure_latency,
     merged_conv_module,
     register_backend,
+    structure_module,
     time_module,
 )
 from core.models import build_model
 from core.segments import count_table_entries, find_segments, segment_geometry
+from core.speed import table_reliability, table_warning
 from core.table_store import PartialStore
 from core.tables import read_tables, write_meta
 
-FAST = LatencyConfig(batch=2, threads=1, min_run_time=0.002, warmup_runs=1)
+FAST = LatencyConfig(batch=2, threads=1, min_run_time=0.002, warmup_runs=1, rounds=2)
+
+
+class FakeClock:
+    """A timer that never runs anything: every module takes a made-up, fixed time per label, and
+    every timing from call ``slow_from`` up to (not including) ``slow_to`` takes ``factor`` times
+    as long, as when another job takes the CPU for a while."""
+
+    def __init__(
+        self, slow_from: int | None = None, slow_to: int | None = None, factor: float = 3.0
+    ) -> None:
+        self.slow_from, self.slow_to, self.factor = slow_from, slow_to, factor
+        self.calls: list[tuple[str, bool]] = []  # (what was timed, in the slow phase)
+
+    @staticmethod
+    def base_ms(what: str) -> float:
+        if what == REFERENCE:
+            return 1.0
+        if what == NETWORK_JOB:
+            return 400.0  # more than the table and structure: predictions stay positive
+        return 0.5 + (zlib.crc32(what.encode()) % 997) / 100  # fixed per geometry
+
+    def __call__(self, what, module, shape, config) -> Timing:
+        index = len(self.calls)
+        slow = self.slow_from is not None and self.slow_from <= index < (
+            self.slow_to if self.slow_to is not None else 1 << 60
+        )
+        self.calls.append((what, slow))
+        return Timing(self.base_ms(what) * (self.factor if slow else 1.0), 0.0, 1)
+
+    def jobs(self) -> list[str]:
+        return [what for what, _ in self.calls if what != REFERENCE]
 
 
 class _Interrupt(Exception):
@@ -75,6 +114,24 @@ def test_one_row_per_chain_entry_with_matching_keys(name, tmp_path):
         assert field in meta, field
     assert meta["chain_digest"] == chain.digest()
     assert meta["threads"] == 1 and meta["batch"] == 2
+    # the protocol's record: settings later measurements reuse, the noise, the speed model's parts
+    from core.benchmark import allocator_in_effect
+
+    assert meta["allocator"] == allocator_in_effect() and meta["rounds"] == 2
+    assert meta["latency_protocol"]["version"] == 2
+    noise = meta["latency_noise"]
+    assert noise["timed"] >= 2 * len({e.key for e in table.entries}) // 10
+    assert noise["samples"] >= noise["timed"] and noise["reference_quiet_ms"] > 0
+    assert meta["network_folded_latency_ms"] == meta["network_latency_ms"] > 0
+    assert meta["network_baseline"] == "original, BN folded"
+    assert [row[:5] for row in meta["original_segments"]] == [
+        [p - 1, p, chain.convs[p].kernel, chain.convs[p].depthwise, chain.convs[p].stride]
+        for p in range(1, chain.last_position + 1)
+    ]
+    kinds = {c["kind"] for c in meta["structure_costs"]}
+    assert kinds == ({"fixed", "residual", "activation"} if chain.residuals else kinds)
+    assert all(c["latency_ms"] > 0 for c in meta["structure_costs"])
+    assert meta["structure_complete"] and meta["explained_network_ms"] > 0
     singles = sum(e.latency_ms for e in table.entries if e.end - e.start == 1 and e.keeps_all_convs)
     assert meta["original_table_latency_ms"] == pytest.approx(singles)
     network = meta["network_latency_ms"]
@@ -105,19 +162,25 @@ def test_interrupted_run_resumes_and_identical_rerun_measures_nothing(
 ):
     bundle, chain = digits_resnet
     total = count_table_entries(chain)
-    stopped_at = []
+    clock = FakeClock()
 
     def interrupt(done: int, total_: int, eta: float | None) -> None:
-        if done >= 5:  # progress moves by geometry: entries sharing one are done together
-            stopped_at.append(done)
+        if done >= 5:  # progress moves by (entry, round): entries sharing a geometry together
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        measure_latency(bundle, chain, FAST, out=tmp_path, progress=interrupt)
+        measure_latency(bundle, chain, FAST, out=tmp_path, progress=interrupt, timer=clock)
     assert not (tmp_path / "latency.csv").exists()  # nothing half-done is published
+    before = len(clock.jobs())
+    assert 0 < before < 2 * total
 
-    resumed = measure_latency(bundle, chain, FAST, out=tmp_path)
-    assert (resumed.cached, resumed.computed) == (stopped_at[0], total - stopped_at[0])
+    resumed = measure_latency(bundle, chain, FAST, out=tmp_path, timer=clock)
+    # every sample is timed once over both runs: the first run's samples are not timed again
+    assert len(clock.jobs()) == len(set(clock.jobs())) * FAST.rounds
+    assert resumed.complete and resumed.computed + resumed.cached == total
+    assert [e.latency_ms for e in resumed.entries] == [
+        clock.base_ms(json.dumps(_geometry(chain, e), sort_keys=True)) for e in resumed.entries
+    ]
 
     calls = []
     torch_backend = get_backend("torch")
@@ -139,12 +202,12 @@ def test_interrupted_run_resumes_and_identical_rerun_measures_nothing(
 
 def test_damaged_finished_table_is_measured_again_never_used(digits_resnet, tmp_path):
     bundle, chain = digits_resnet
-    measure_latency(bundle, chain, FAST, out=tmp_path)
+    measure_latency(bundle, chain, FAST, out=tmp_path, timer=FakeClock())
     path = tmp_path / "latency.csv"
     path.write_text(path.read_text().replace("false", "maybe", 1))
     with pytest.raises(TableMismatchError, match="depthwise"):
         read_tables(tmp_path, require_importance=False)
-    again = measure_latency(bundle, chain, FAST, out=tmp_path)
+    again = measure_latency(bundle, chain, FAST, out=tmp_path, timer=FakeClock())
     assert again.computed == count_table_entries(chain)
     read_tables(tmp_path, require_importance=False)  # repaired
 
@@ -224,9 +287,13 @@ def test_cuda_timing_gives_positive_latencies(digits_resnet):
     assert all(e.latency_ms > 0 for e in table.entries)
 
 
-def test_cli_profile_and_bad_input(tmp_path, capsys):
+def test_cli_profile_and_bad_input(tmp_path, capsys, monkeypatch):
+    # a steady clock: on a busy test machine a real one may leave timings slow, and an identical
+    # rerun of such a table measures it again
+    monkeypatch.setattr(latency, "_default_timer", lambda backend: FakeClock())
     out = tmp_path / "tables"
     args = ["profile", "digits_resnet", "--out", str(out), "--batch", "2", "--threads", "1"]
+    args += ["--rounds", "2", "--allocator", "default"]
     assert main([*args, "--min-run-time", "0.002", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["entries"] == len(read_tables(out, require_importance=False).entries)
@@ -241,7 +308,13 @@ def test_cli_profile_and_bad_input(tmp_path, capsys):
 
 
 def _fast_rest() -> dict:
-    return {"threads": 1, "min_run_time": 0.002, "warmup_runs": 1, "network": False}
+    return {"threads": 1, "min_run_time": 0.002, "warmup_runs": 1, "network": False, "rounds": 2}
+
+
+def _geometry(chain, entry) -> dict:
+    """The classifier family's latency geometry of a table entry (what the clock is told)."""
+    geometry = segment_geometry(chain, entry.start, entry.end, entry.kept_convs)
+    return {**geometry, "activation": chain.default_activation or "relu"}
 
 
 def test_partial_store_ignores_foreign_or_corrupt_files(tmp_path):
@@ -252,3 +325,88 @@ def test_partial_store_ignores_foreign_or_corrupt_files(tmp_path):
     assert PartialStore(tmp_path, "x", {"key": "b"}).entries == {}
     store.path.write_text("{not json")
     assert PartialStore(tmp_path, "x", {"key": "a"}).entries == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The profiling protocol, driven by a fake clock
+
+
+def test_contention_detector_flags_a_slow_phase_and_remeasures_those_samples(digits_resnet):
+    bundle, chain = digits_resnet
+    config = LatencyConfig(batch=2, rounds=3)
+    quiet = measure_latency(bundle, chain, config, timer=FakeClock())
+    assert not quiet.meta["latency_noise"]["contention_seen"]
+    assert quiet.meta["latency_noise"]["remeasured"] == 0
+
+    # another job takes the CPU for a while in the middle of the rounds
+    clock = FakeClock(slow_from=40, slow_to=80)
+    table = measure_latency(bundle, chain, config, timer=clock)
+    noise = table.meta["latency_noise"]
+    assert noise["contention_seen"] and noise["slow_samples"] > 0
+    assert noise["remeasured"] >= noise["slow_samples"] and noise["unresolved"] == 0
+    # every job timed in the slow phase was timed again after it ...
+    in_rounds = len(set(clock.jobs())) * config.rounds  # the rounds' job timings come first
+    slow_jobs = {what for what, slow in clock.calls if slow and what != REFERENCE}
+    assert slow_jobs and slow_jobs <= set(clock.jobs()[in_rounds:])
+    # ... so the table holds the quiet times exactly, as if nothing had happened
+    assert [e.latency_ms for e in table.entries] == [e.latency_ms for e in quiet.entries]
+    assert table.meta["network_folded_latency_ms"] == quiet.meta["network_folded_latency_ms"]
+    reliability = table_reliability(table.meta)
+    assert reliability.contention_seen and not any("slow" in r for r in reliability.reasons)
+
+
+def test_contention_that_never_ends_makes_the_table_unreliable(digits_resnet):
+    bundle, chain = digits_resnet
+    clock = FakeClock(slow_from=60)  # from the middle of the rounds to the end of the run
+    table = measure_latency(bundle, chain, LatencyConfig(batch=2, rounds=3), timer=clock)
+    noise = table.meta["latency_noise"]
+    assert noise["contention_seen"] and noise["unresolved"] > 0
+    warning = table_warning(table.meta, "DIR")
+    assert warning is not None and "\n" not in warning
+    assert warning.startswith("warning: latency table DIR is unreliable") and "slow" in warning
+
+
+def test_cli_profile_warns_in_one_line_when_the_table_is_unreliable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(latency, "_default_timer", lambda backend: FakeClock(slow_from=60))
+    args = ["profile", "digits_resnet", "--out", str(tmp_path), "--batch", "2"]
+    assert main([*args, "--rounds", "3", "--allocator", "default", "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings_ = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings_) == 1 and "unreliable" in warnings_[0]
+    result = json.loads(captured.out)
+    assert result["warning"] == warnings_[0] and result["noise"]["unresolved"] > 0
+
+    # an identical rerun measures a contended table again; the machine is quiet now: no warning
+    monkeypatch.setattr(latency, "_default_timer", lambda backend: FakeClock())
+    assert main([*args, "--rounds", "3", "--allocator", "default", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["computed"] == result["entries"] and result["noise"]["unresolved"] == 0
+    assert "stayed slow" not in captured.err
+
+    # the same profile on a quiet machine warns of nothing
+    args[3] = str(tmp_path / "quiet")
+    assert main([*args, "--rounds", "3", "--allocator", "default", "--no-network"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["digits_resnet", "digits_mobilenet"])
+def test_every_structure_cost_builds_and_runs_at_its_shape(name):
+    from core.families import family_for
+
+    bundle = build_model(name)
+    family = family_for(name)
+    chain = family.trace(bundle)
+    costs = family.structure_costs(chain)
+    assert {c.kind for c in costs} >= {"fixed", "activation"}
+    assert [c.position for c in costs if c.kind == "activation"] == list(
+        range(1, chain.last_position + 1)
+    )
+    assert [(c.start, c.end) for c in costs if c.kind == "residual"] == [
+        (r.start, r.end) for r in chain.residuals
+    ]
+    for cost in costs:
+        module, shape = structure_module(cost.geometry)
+        with torch.no_grad():
+            out = module(torch.randn(2, *shape))
+        assert out.shape[0] == 2

@@ -3,7 +3,8 @@
 The measure workflow (``core.workflows.measure``), the same for every model family: both networks
 run in this one process, alternating round by round, on torch eager and/or ONNX Runtime; the
 medians and their ratio are reported, beside the latency table's prediction when ``--tables`` is
-given. The family names the baseline (a classifier's original with BNs folded, as the paper
+given (the speed model of ``core.speed``); with ``--tables``, the batch, thread count and
+allocator setting default to the tables' own, so the two compare. The family names the baseline (a classifier's original with BNs folded, as the paper
 measures; a UNet's module as built), what one forward pass is (a UNet: one denoising step), and
 what else it measures: for a diffusion UNet, the wall time of DDIM sampling (``--samples`` images
 x ``--sampling-steps`` steps, alternating repeats), and with ``--fd`` the digits Fréchet distance
@@ -15,9 +16,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from core.benchmark import BACKENDS, DEFAULT_ROUNDS, use_heap_allocator
+from core.benchmark import ALLOCATORS, BACKENDS, DEFAULT_ROUNDS, TimingSettings
 from core.commands.common import add_model_arguments, load, options_of, require_positive
 from core.families.unet.workflow import FD_SAMPLES, SAMPLES, SAMPLING_REPEATS, SAMPLING_STEPS
+from core.tables import read_meta
 from core.workflows.measure import measure
 from core.workflows.model import load_compressed, load_solution, tables_meta_for
 
@@ -44,7 +46,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="FILE",
         help="time this compressed checkpoint instead of merging SOLUTION afresh",
     )
-    parser.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="images per forward pass (default: the --tables' batch, else 1)",
+    )
     parser.add_argument(
         "--backend",
         default=None,
@@ -52,7 +59,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="default: both (diffusion UNets: torch)",
     )
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="timed rounds each")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads (default: the --tables' count, else 1)",
+    )
     parser.add_argument(
         "--baseline",
         default=None,
@@ -65,10 +77,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--allocator",
-        default="default",
-        choices=("default", "heap"),
+        default=None,
+        choices=ALLOCATORS,
         help="heap: keep freed memory in glibc's heap, so large activations cost no page "
-        "faults (see core.benchmark.use_heap_allocator); default: as the process starts",
+        "faults (see core.benchmark.use_heap_allocator); default: glibc as the process starts "
+        "(default: the --tables' setting, else heap)",
     )
     unet = parser.add_argument_group("diffusion UNets only")
     unet.add_argument(
@@ -106,10 +119,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     require_positive(args, ["batch", "rounds", "threads"])
-    heap = use_heap_allocator() if args.allocator == "heap" else False
+    meta = read_meta(args.tables) if args.tables else None
+    settings = TimingSettings.from_meta(meta) if meta is not None else TimingSettings()
+    allocator = args.allocator or settings.allocator
+    in_effect = TimingSettings(allocator=allocator).apply().allocator
     model = load(args)
     extra = model.family.measure_config(options_of(args, FAMILY_OPTIONS), model.bundle)
     solution = load_solution(model, args.solution)
+    if args.tables:
+        tables_meta_for(model, args.tables, solution)  # refuses tables of another model or chain
     done = measure(
         model,
         solution,
@@ -118,8 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         backends=_backends(args.backend),
         batch=args.batch,
         rounds=args.rounds,
-        threads=args.threads,
-        tables_meta=tables_meta_for(model, args.tables, solution) if args.tables else None,
+        threads=args.threads or (None if meta is not None else settings.threads),
+        tables_meta=meta,
         extra=extra,
     )
     return {
@@ -131,7 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "compressed": args.compressed,
         "baseline": done.baseline,
         "input_shape": list(done.input_shape),
-        "allocator": "heap" if heap else "default",
+        "allocator": in_effect,
+        "settings_note": done.settings_note,
         "original_depth": done.original["depth"],
         "compressed_depth": done.compressed["depth"],
         "original_params": done.original["params"],
@@ -175,11 +194,25 @@ def format_text(result: dict[str, Any]) -> str:
         )
     predicted = result["predicted"]
     if predicted:
-        lines.append(
-            f"  predicted by the table: {predicted['speedup']:.2f}x (table "
-            f"{predicted['table_latency_ms']:.3f} of {predicted['original_table_latency_ms']:.3f}"
-            " ms)"
-        )
+        if predicted["predicted_ms"] is not None:
+            how = (
+                f"measured original {predicted['network_ms']:.3f} ms ({predicted['basis']}) "
+                f"{predicted['table_change_ms']:+.3f} ms in the table"
+            )
+            if predicted["complete"]:
+                how += (
+                    f", {predicted['residual_change_ms']:+.3f} ms residual adds, "
+                    f"{predicted['activation_change_ms']:+.3f} ms activations"
+                )
+            how += f" -> {predicted['predicted_ms']:.3f} ms"
+        else:
+            how = (
+                f"table {predicted['table_latency_ms']:.3f} of "
+                f"{predicted['original_table_latency_ms']:.3f} ms"
+            )
+        lines.append(f"  predicted by the speed model: {predicted['speedup']:.2f}x ({how})")
+    if result.get("settings_note"):
+        lines.append(f"  note: {result['settings_note']}")
     lines.append(
         f"  medians over alternating rounds; ratios come from the same run; allocator: "
         f"{result['allocator']}"

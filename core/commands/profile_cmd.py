@@ -2,21 +2,31 @@
 
 Every model family goes through :func:`core.workflows.tables.profile`; what a family words
 differently (a UNet's identity upsamples, what its table leaves out) comes in the result's notes.
+The profiling protocol (:mod:`core.latency`) holds on a busy machine: one thread and glibc's heap
+allocator setting by default (applied to this process, recorded, and reused by every later
+measurement of the table), interleaved rounds, and a reference op that finds slow phases, whose
+samples are timed again. An unreliable table gets one warning line on stderr
+(:func:`core.speed.table_warning`).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 from typing import Any
 
+from core.benchmark import ALLOCATORS, TimingSettings
 from core.commands.common import add_model_arguments, progress_printer
 from core.latency import (
     DEFAULT_MIN_RUN_TIME_S,
+    DEFAULT_ROUNDS,
+    DEFAULT_THREADS,
     DEVICES,
     LatencyConfig,
     list_backends,
 )
+from core.speed import table_warning
 from core.tables import TableEntry
 from core.workflows import tables
 
@@ -42,7 +52,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", help=f"{' | '.join(DEVICES)} (default cpu)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (default: torch's, all cores)"
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"intra-op threads (default {DEFAULT_THREADS}: stable timings on a shared machine; "
+        "more to profile a multi-core deployment)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help=f"interleaved timing rounds; each entry keeps the median (default {DEFAULT_ROUNDS})",
+    )
+    parser.add_argument(
+        "--allocator",
+        default="heap",
+        choices=ALLOCATORS,
+        help="heap: keep freed memory in glibc's heap so large activations cost no page faults "
+        "(default; later measurements of the table reuse it); default: glibc as it starts",
     )
     parser.add_argument(
         "--min-run-time",
@@ -67,7 +94,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         min_run_time=args.min_run_time,
         network=not args.no_network,
+        rounds=args.rounds,
     )
+    TimingSettings(allocator=args.allocator).apply()  # process-wide: this CLI process only
     result = tables.profile(
         args.model,
         weights=args.weights,
@@ -78,6 +107,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress=progress_printer("profile"),
     )
     meta = result.meta
+    warning = table_warning(meta, args.out) if result.complete else None
+    if warning:
+        print(warning, file=sys.stderr)
     return {
         "out": args.out,
         "model": result.model,
@@ -90,6 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "backend": meta["backend"],
         "device": meta["device"],
         "threads": meta["threads"],
+        "allocator": meta.get("allocator", "default"),
         "cpu": meta.get("cpu"),
         "entries": len(result.entries),
         "identity_entries": result.identity_entries,
@@ -100,6 +133,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "original_table_latency_ms": meta.get("original_table_latency_ms"),
         "network_latency_ms": meta.get("network_latency_ms"),
         "additivity_error": meta.get("additivity_error"),
+        "explained_network_ms": meta.get("explained_network_ms"),
+        "additivity_unexplained": meta.get("additivity_unexplained"),
+        "noise": meta.get("latency_noise"),
+        "warning": warning,
         "slowest": [_row(e) for e in result.slowest()],
     }
 
@@ -112,7 +149,7 @@ def format_text(result: dict[str, Any]) -> str:
     lines = [
         f"{result['model']}{label} at {result['input_size']}x{result['input_size']}, batch "
         f"{result['batch']}, {result['backend']} on {result['device']} with {result['threads']} "
-        f"threads ({result['cpu']})",
+        f"thread(s), {result['allocator']} allocator ({result['cpu']})",
         f"  {result['entries']} entries{identity_text}: {result['computed']} measured now "
         f"({result['measured_geometries']} distinct convs), {result['cached']} from earlier "
         f"runs, in {result['seconds']:.1f} s",
@@ -124,6 +161,24 @@ def format_text(result: dict[str, Any]) -> str:
         lines.append(
             f"  whole {notes['network']} measured: {network:.3f} ms; additivity error "
             f"{result['additivity_error']:+.1%} (table sum vs {notes['network']}{left_out})"
+        )
+    explained = result.get("explained_network_ms")
+    if network is not None and explained is not None:
+        lines.append(
+            f"  table + structure (stem, head, residual adds, activations): {explained:.3f} ms; "
+            f"{result['additivity_unexplained']:+.1%} of the network left unexplained"
+        )
+    noise = result.get("noise")
+    if noise and noise.get("reference_quiet_ms"):
+        seen = (
+            f"contention seen: {noise['slow_samples']} sample(s) in slow phases, "
+            f"{noise['remeasured']} re-timed, {noise['unresolved']} entry(ies) still slow"
+            if noise["contention_seen"]
+            else "no contention seen"
+        )
+        lines.append(
+            f"  noise: {noise['rounds']} rounds, reference op {noise['reference_quiet_ms']:.3f} "
+            f"ms quiet (up to {noise['reference_max_ratio']:.1f}x); {seen}"
         )
     for s in result["slowest"]:
         lines.append(

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
 from core.dp import DEFAULT_OBJECTIVE, DEFAULT_SEARCH, OBJECTIVES, SEARCHES, list_methods, solve
 from core.errors import LayerMergeError
 from core.solution import save_solution
+from core.speed import table_warning
 from core.tables import read_tables
 
 __all__ = ["add_parser", "run", "format_text"]
@@ -93,6 +95,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = solution.to_dict()
     result["original_table_latency_ms"] = tables.original_latency_ms
     result["out"] = args.out
+    if warning := table_warning(tables.meta, args.tables):
+        print(warning, file=sys.stderr)  # a speed prediction from this table may be far off
     return result
 
 

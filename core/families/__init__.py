@@ -7,39 +7,7 @@ import :mod:`core.families.base` only, never this package, which keeps imports a
 
 from __future__ import annotations
 
-from core.families import classifier, unet  # noqa: F401  (registration side effects)
-from core.families.base import (
-    FinetunedWeights,
-    FinetuneReport,
-    FinetuneRun,
-    ModelFamily,
-    TableNotes,
-    TaskInfo,
-    checkpoint_formats,
-    family_for,
-    family_for_checkpoint,
-    family_model_names,
-    family_named,
-    list_families,
-    list_models,
-    register_family,
-    unregister_family,
-)
+from core.families import base, classifier, unet  # noqa: F401  (registration side effects)
+from core.families.base import *  # noqa: F403  (the protocol and registry, re-exported)
 
-__all__ = [
-    "checkpoint_formats",
-    "ModelFamily",
-    "TaskInfo",
-    "TableNotes",
-    "register_family",
-    "unregister_family",
-    "family_for",
-    "family_for_checkpoint",
-    "family_named",
-    "list_families",
-    "family_model_names",
-    "list_models",
-    "FinetuneReport",
-    "FinetuneRun",
-    "FinetunedWeights",
-]
+__all__ = list(base.__all__)

@@ -40,6 +40,7 @@ from core.families.options import refuse
 from core.files import read_untrusted_checkpoint
 from core.segments import Segment
 from core.solution import Solution
+from core.speed import StructureCost
 
 __all__ = [
     "ModelFamily",
@@ -107,6 +108,24 @@ class FinetuneRun:
     elapsed_s: float  # seconds this call ran
     device: str
     figures: Mapping[str, float | None]  # more training figures the summary shows, by key
+
+    @classmethod
+    def of(
+        cls, result: Any, *, network: nn.Module, device: str, figures: Mapping[str, float | None]
+    ) -> FinetuneRun:
+        """The run a loop's own result describes (it has ``status``, ``step``, ``total_steps``,
+        ``resumed_from``, ``loss`` and ``elapsed_s``), with what only the family knows."""
+        return cls(
+            network=network,
+            status=result.status,
+            step=result.step,
+            total_steps=result.total_steps,
+            resumed_from=result.resumed_from,
+            loss=result.loss,
+            elapsed_s=result.elapsed_s,
+            device=device,
+            figures=figures,
+        )
 
 
 @dataclass(frozen=True)
@@ -222,7 +241,9 @@ class ModelFamily(abc.ABC):
     # ------------------------------------------------------------------ task
     @abc.abstractmethod
     def load_data(self, spec: str, bundle: Any, traced: Any, *, seed: int = 0) -> Any:
-        """The data ``spec`` names, shaped for ``bundle``'s model (train/holdout/test splits)."""
+        """The data ``spec`` names, shaped for ``bundle``'s model: its splits (train/holdout/test,
+        as the family's estimators and evaluation read them), ``name`` (the canonical spec) and
+        ``digest`` (a content digest that table cache keys hold)."""
 
     @abc.abstractmethod
     def evaluate(self, network: nn.Module, data: Any) -> dict[str, float]:
@@ -438,6 +459,22 @@ class ModelFamily(abc.ABC):
         """What a worker process needs to rebuild ``bundle``: small, picklable, with ``build()``
         (which checks the weights digest). ``portable`` carries the weights as bytes, for
         workers that cannot read this machine's files."""
+
+    # ------------------------------------------------------------------ speed
+    # What the speed model (core.speed) needs beyond the table: the costs of the network that
+    # a merge changes outside the table's entries, timed at profile time (core.latency).
+    structure_complete: ClassVar[bool] = False  # the costs and the table cover the whole network
+
+    def structure_costs(self, traced: Any) -> tuple[StructureCost, ...]:
+        """The structure costs of ``traced`` (:class:`core.speed.StructureCost`).
+
+        By default none: every entry times exactly what the network runs at its segment, and
+        what lies outside the table never changes (it cancels in the prediction). A family whose
+        merges absorb residual adds, or whose entries time an activation the network may not
+        run, lists those costs here; with ``structure_complete`` it also lists the fixed ones
+        (stem, head), so the keep-everything sum can be checked against the measured network.
+        """
+        return ()
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -5,7 +5,9 @@ original with BN folded, as the paper measures; a UNet's module as built), wraps
 the benchmark can time them (``ModelFamily.timing_module``: a UNet runs one denoising step), and
 adds what it measures beyond one forward pass (a UNet's DDIM sampling time and digits FD). The
 timing protocol is :mod:`core.benchmark`'s: both networks in one process, alternating rounds,
-medians and their ratio, beside the latency table's prediction when its meta.json is given.
+medians and their ratio, beside the speed model's prediction (:mod:`core.speed`) when the tables'
+meta.json is given. With the tables given, the measurement reuses their settings (batch,
+threads) unless told otherwise, and says whether this process has their allocator setting.
 
 Example:
     >>> model = load_model("digits_mobilenet")  # doctest: +SKIP
@@ -24,7 +26,14 @@ from typing import Any
 
 from torch import nn
 
-from core.benchmark import DEFAULT_ROUNDS, Comparison, compare, predicted_from_meta
+from core.benchmark import (
+    DEFAULT_ROUNDS,
+    Comparison,
+    TimingSettings,
+    allocator_in_effect,
+    compare,
+    predicted_from_meta,
+)
 from core.errors import TableMismatchError
 from core.solution import Solution
 from core.workflows.model import LoadedModel
@@ -45,6 +54,8 @@ class Measurement:
     predicted: dict[str, Any] | None  # the table's prediction (core.benchmark.predicted_from_meta)
     extra: dict[str, Any]  # the family's other measurements (ModelFamily.measure_extra)
     compressed_network: nn.Module
+    allocator: str = "default"  # this process's allocator setting (core.benchmark)
+    settings_note: str | None = None  # how the settings differ from the tables', when they do
 
 
 def measure(
@@ -54,7 +65,7 @@ def measure(
     compressed: nn.Module | str | Path | None = None,
     baseline: str | None = None,
     backends: Sequence[str] | None = None,
-    batch: int = 1,
+    batch: int | None = None,
     rounds: int = DEFAULT_ROUNDS,
     threads: int | None = None,
     tables_meta: Mapping[str, Any] | None = None,
@@ -71,9 +82,9 @@ def measure(
             default ``solution`` merged afresh.
         baseline: the family's baseline choice (a classifier: ``folded`` or ``module``).
         backends: ``torch`` and/or ``onnxruntime``; by default the family's.
-        batch: inputs per forward pass.
+        batch: inputs per forward pass; None: the tables' batch (1 without tables).
         rounds: timed rounds per network and backend.
-        threads: intra-op threads; the current setting when None.
+        threads: intra-op threads; None: the tables' count (the current setting without).
         tables_meta: the meta.json of the tables the solution came from: adds their prediction.
         extra: the family's extra measurement settings (``ModelFamily.measure_config``); None
             measures nothing beyond the speed table.
@@ -95,6 +106,12 @@ def measure(
                 f"{traced.digest()})"
             )
         predicted = predicted_from_meta(tables_meta, solution)
+    settings = TimingSettings.from_meta(tables_meta) if tables_meta is not None else None
+    if batch is None:
+        batch = settings.batch if settings is not None else 1
+    if threads is None and settings is not None:
+        threads = settings.threads
+    note = _settings_note(settings, batch, threads) if settings is not None else None
     if compressed is None:
         training = family.training_form(bundle.model, traced, solution)
         network = family.merge(training, traced, solution)
@@ -141,4 +158,20 @@ def measure(
         predicted=predicted,
         extra=extras,
         compressed_network=network,
+        allocator=allocator_in_effect(),
+        settings_note=note,
     )
+
+
+def _settings_note(settings: TimingSettings, batch: int, threads: int | None) -> str | None:
+    """How this measurement's settings differ from the tables' (None: they agree)."""
+    differences = []
+    if batch != settings.batch:
+        differences.append(f"batch {batch} (tables: {settings.batch})")
+    if threads is not None and threads != settings.threads:
+        differences.append(f"{threads} thread(s) (tables: {settings.threads})")
+    if not settings.holds_here():
+        differences.append(f"the {allocator_in_effect()} allocator (tables: {settings.allocator})")
+    if not differences:
+        return None
+    return "measured with " + ", ".join(differences) + ": the prediction may not compare"

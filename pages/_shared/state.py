@@ -33,6 +33,8 @@ __all__ = [
     "remember_measurement",
     "remember_job",
     "job_id",
+    "remember_finetune",
+    "finetune_history",
 ]
 
 DEFAULT_MODEL = "digits_resnet"
@@ -84,6 +86,8 @@ def init_session() -> None:
     state.setdefault("solution", None)
     state.setdefault("jobs", {})
     state.setdefault("measurements", {})
+    if fresh:
+        _restore_from_url()  # the Budget page's block below
     for kind, param in JOB_PARAMS.items():
         found = state.jobs.get(kind) or st.query_params.get(param)
         if not found:
@@ -93,6 +97,7 @@ def init_session() -> None:
             st.query_params[param] = found  # page switches clear the URL; put it back
         if fresh and kind == "finetune":
             _adopt(found)
+    _sync_url()
 
 
 def choice() -> ModelChoice:
@@ -147,6 +152,8 @@ def remember_job(kind: str, new_id: str | None) -> None:
     else:
         st.session_state.jobs[kind] = new_id
         st.query_params[param] = new_id
+        if kind == "finetune":
+            remember_finetune(new_id)
 
 
 def job_id(kind: str) -> str | None:
@@ -160,3 +167,43 @@ def _adopt(found: str) -> None:
     st.session_state.choice = job.config["choice"]
     st.session_state.state_dict = job.config.get("state_dict")
     st.session_state.solution = job.config.get("solution")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Budget page's state: the URL a session started with, and every finetune job it started
+# (the page overlays their measured results on the frontier). Keys: "url_at_start",
+# "finetune_history"; the Budget page's own widgets and pins live in pages/_shared/budget_state.py
+# and pins.py.
+
+FINETUNE_HISTORY = "finetune_history"  # session key: ids of the finetune jobs this session started
+
+
+def remember_finetune(new_id: str) -> None:
+    """Add a finetune job to the session's list of its own finetune jobs."""
+    history = st.session_state.setdefault(FINETUNE_HISTORY, [])
+    if new_id not in history:
+        history.append(new_id)
+
+
+def finetune_history() -> list[str]:
+    """Ids of every finetune job this session started (or found in its URL), oldest first."""
+    found = job_id("finetune")
+    if found:
+        remember_finetune(found)
+    return list(st.session_state.get(FINETUNE_HISTORY, []))
+
+
+def _restore_from_url() -> None:
+    """A new session: keep the URL it started with, and take the model it names."""
+    from pages._shared import url_state  # imports the panels, which import this module
+
+    url_state.remember_start()
+    problem = url_state.restore_model()
+    if problem is not None:
+        st.error(problem)
+
+
+def _sync_url() -> None:
+    from pages._shared import url_state
+
+    url_state.sync_model()

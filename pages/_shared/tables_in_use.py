@@ -121,15 +121,27 @@ def dp_states(used: TablesInUse, method: str) -> list[tuple[int, float, float]]:
 
 
 def solution_or_default() -> Solution | None:
-    """The session's solution; without one, the DP's answer at the Budget page's budget."""
+    """The session's solution; without one, the DP's answer at the Budget page's budget.
+
+    The budget is the Budget page's when it was chosen on these tables, else the page's default
+    for them (:meth:`FrontierView.default_percent`).
+    """
+    from pages._shared import budget_state  # both build on this module
+    from pages._shared.frontier_view import frontier_view
+
     current = state.solution()
     if current is not None:
         return current
     used = tables_in_use()
     if used is None:
         return None
-    method = st.session_state.get("method", "layermerge")
-    percent = st.session_state.get("budget", state.DEFAULT_BUDGET_PERCENT)
+    view = frontier_view(used)
+    values = st.session_state
+    method = values.get(budget_state.METHOD)
+    method = method if method in view.curves else view.methods[0]
+    percent = values.get(budget_state.BUDGET)
+    if values.get(budget_state.BUDGET_TABLES) != used.key or percent is None:
+        percent = view.default_percent(method)
     try:
         current = pick(frontiers(used)[method], budget_ms(used, percent))
     except InfeasibleBudgetError:

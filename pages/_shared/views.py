@@ -1,90 +1,22 @@
-"""Layout pieces every family shares: frontier picks, the solution summary, table listings."""
+"""Layout pieces every family shares: a solution's merged layers, table listings.
+
+The Budget page's own pieces (frontier picks, the solution's headline and details) live in
+``budget_state`` and ``budget_views``.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-import streamlit as st
 
-from core.benchmark import predicted_speedup
 from core.chain import Chain
-from core.dp import FrontierPoint, pick
 from core.solution import Solution
 from core.surgery import activation_plan
 from core.tables import Tables
-from pages._shared.chain_figure import chain_figure
-from pages._shared.tables_in_use import TablesInUse, frontiers, tables_in_use
 
-__all__ = [
-    "forget_pick",
-    "take_pick",
-    "point_from_selection",
-    "chosen_solution",
-    "solution_rows",
-    "solution_summary",
-    "entries_frame",
-    "pair_or_blanks",
-]
-
-
-def forget_pick() -> None:
-    """Slider or method moved: the budget decides again, not a clicked frontier point."""
-    st.session_state.pop("picked", None)
-
-
-def point_from_selection(
-    points: Sequence[Mapping[str, Any]], fronts: Mapping[str, Sequence[FrontierPoint]]
-) -> tuple[str, int] | None:
-    """The (method, index) of the first clicked frontier point, or None (e.g. the star)."""
-    for point in points:
-        data = point.get("customdata")
-        if not isinstance(data, list | tuple) or len(data) != 2:
-            continue
-        method, index = data
-        try:
-            index = int(index)
-        except (TypeError, ValueError):
-            continue
-        if method in fronts and 0 <= index < len(fronts[method]):
-            return str(method), index
-    return None
-
-
-def take_pick() -> None:
-    """on_select of the frontier chart: select the clicked point and move the slider to it."""
-    event = st.session_state.get("frontier_chart")
-    used = tables_in_use()
-    if not event or used is None:
-        return
-    fronts = frontiers(used)
-    picked = point_from_selection(event["selection"]["points"], fronts)
-    if picked is None:
-        return
-    method, index = picked
-    st.session_state.picked = (used.tables.digest, method, index)
-    st.session_state.method = method
-    share = fronts[method][index].latency_ms / used.original_ms * 100
-    st.session_state.budget = int(min(100, max(5, math.ceil(share - 1e-9))))
-
-
-def chosen_solution(
-    fronts: Mapping[str, Sequence[FrontierPoint]], method: str, budget_ms: float
-) -> Solution:
-    """The clicked frontier point if there is one, else the best solution within the budget.
-
-    Raises:
-        InfeasibleBudgetError: no solution of ``method`` fits ``budget_ms``.
-    """
-    picked = st.session_state.get("picked")
-    used = tables_in_use()
-    if picked and used is not None and picked[0] == used.tables.digest:
-        _, picked_method, index = picked
-        if picked_method in fronts and index < len(fronts[picked_method]):
-            return fronts[picked_method][index].solution()
-    return pick(fronts[method], budget_ms)
+__all__ = ["solution_rows", "entries_frame", "pair_or_blanks"]
 
 
 def solution_rows(solution: Solution, chain: Chain) -> pd.DataFrame:
@@ -109,67 +41,6 @@ def solution_rows(solution: Solution, chain: Chain) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def solution_summary(
-    solution: Solution,
-    chain: Chain,
-    used: TablesInUse,
-    *,
-    rows: pd.DataFrame,
-) -> None:
-    """Metrics, kept/removed activations, pruned convs, the merged layers and the chain picture.
-
-    ``rows`` are the merged layers as the model's panel lists them (:func:`solution_rows`, or a
-    UNet's, which names its activations its own way).
-    """
-    positions = range(1, chain.last_position + 1)
-    removed_acts = [p for p in positions if p not in solution.kept_activations]
-    kept_acts = [p for p in positions if p in solution.kept_activations]
-    pruned = [c for c in range(1, chain.last_position + 1) if c not in solution.kept_convs]
-    merged_depth = sum(1 for s in solution.segments if s.kernel) + 1  # + the stem conv 0
-    original_ms = used.original_ms
-    network_ms = used.tables.meta.get("network_latency_ms")
-    speedup = predicted_speedup(
-        solution.latency_ms,
-        original_ms,
-        network_latency_ms=float(network_ms) if network_ms else None,
-    )
-    cols = st.columns(4)
-    cols[0].metric(
-        "Predicted latency",
-        f"{solution.latency_ms:.4g} ms",
-        f"{solution.latency_ms / original_ms - 1:+.0%} vs original" if original_ms else None,
-        delta_color="inverse",
-    )
-    cols[1].metric(
-        "Predicted speed-up",
-        f"{speedup:.2f}×" if math.isfinite(speedup) else "—",
-        help="of the whole network: the layers outside the table (pooling, classifier) are "
-        "counted as unchanged, using the measured network latency in meta.json",
-    )
-    cols[2].metric("Importance", f"{solution.importance:.4g}")
-    cols[3].metric(
-        "Depth (main-path convs)",
-        f"{merged_depth}",
-        f"{merged_depth - len(chain.convs)}",
-        delta_color="off",
-    )
-    st.markdown(
-        f"**{solution.method}** · {len(solution.segments)} segments · "
-        f"kept activations after positions {_listing(kept_acts)} · "
-        f"removed activations at {_listing(removed_acts)} · pruned convs {_listing(pruned)}"
-    )
-    st.plotly_chart(chain_figure(chain, solution, height=260), key="solution_chain")
-    st.dataframe(
-        rows,
-        hide_index=True,
-        key="solution_table",
-        column_config={
-            "latency ms": st.column_config.NumberColumn(format="%.4f"),
-            "importance": st.column_config.NumberColumn(format="%.4f"),
-        },
-    )
 
 
 def entries_frame(tables: Tables) -> pd.DataFrame:
@@ -198,7 +69,3 @@ def entries_frame(tables: Tables) -> pd.DataFrame:
 def pair_or_blanks(stored: Mapping[str, Any] | None, first: str, second: str) -> tuple[Any, Any]:
     """Two fields of a measurement or result, or two blanks when there is none (table cells)."""
     return (stored[first], stored[second]) if stored else (None, None)
-
-
-def _listing(values: Sequence[int]) -> str:
-    return ", ".join(map(str, values)) if values else "none"

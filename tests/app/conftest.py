@@ -41,6 +41,21 @@ def app_runs() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def jobs_finish() -> Iterator[None]:
+    """Let background jobs end before the interpreter does (a torch thread killed mid-op aborts).
+
+    The Budget page tests its solutions after surgery in the background on every visit.
+    """
+    yield
+    from pages._shared.jobs import registry
+
+    for job in registry().running():
+        job.cancel.set()
+        if job.thread is not None:
+            job.thread.join(timeout=180)
+
+
 @pytest.fixture
 def budget_page() -> AppTest:
     """The Budget page of a fresh session; skipped while no demo tables exist."""

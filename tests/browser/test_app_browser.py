@@ -1,11 +1,12 @@
-"""One walk through the real app in headless Chromium: start ``streamlit run app.py``, open the
-Budget page from the navigation, move the slider with the keyboard, see the solution change.
+"""Walks through the real app in headless Chromium: start ``streamlit run app.py``, open the Budget
+page from the navigation, move the slider with the keyboard, click a LayerMerge point on the
+frontier, pin it and see it tested after surgery; then the diffusion demo's Budget page.
 
 Chromium is Debian's package, driven by Playwright with ``executable_path`` (``playwright install``
 is never used: it downloads a browser). The fixture installs the package with apt-get when it is
 missing and skips, saying why, only when that is impossible. The screenshot goes to the test's
-temporary folder, and to docs/screenshot.png (the README's picture) when that file is missing or
-LAYERMERGE_UPDATE_SCREENSHOT=1.
+temporary folder, and to docs/budget.png and docs/screenshot.png (the README's picture) when that
+file is missing or LAYERMERGE_UPDATE_SCREENSHOT=1.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
+SCREENSHOT = ROOT / "docs" / "screenshot.png"  # the README's picture
+BUDGET_SCREENSHOT = ROOT / "docs" / "budget.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # needed as root
     "--disable-gpu",
@@ -125,7 +127,21 @@ def _solution_text(page: object) -> str:
     return f"{latency.inner_text()} | {summary.inner_text()}"
 
 
-def test_budget_slider_moves_the_solution(browser: object, server: str, tmp_path: Path) -> None:
+def _metric(page: object, label: str) -> str:
+    return page.get_by_test_id("stMetric").filter(has_text=label).first.inner_text()
+
+
+def _wait_tested(page: object) -> None:
+    """Wait for the current solution's accuracy after surgery (a background job)."""
+    deadline = time.monotonic() + 180
+    while "testing" in _metric(page, "after surgery") and time.monotonic() < deadline:
+        page.wait_for_timeout(1000)
+    assert "%" in _metric(page, "after surgery"), _metric(page, "after surgery")
+    _wait_idle(page)
+
+
+def test_budget_page_walk(browser: object, server: str, tmp_path: Path) -> None:
+    """Move the slider, click a LayerMerge point, pin it, see it tested after surgery."""
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
     page.goto(server)
     _wait_idle(page)
@@ -136,23 +152,58 @@ def test_budget_slider_moves_the_solution(browser: object, server: str, tmp_path
     slider = page.get_by_role("slider")
     if slider.count() == 0:
         pytest.skip("the Budget page shows no slider: no tables for the digits demo yet")
+    # the slider: one 1% step per key press, until the DP's answer changes
     before = _solution_text(page)
     slider.focus()
     changed = before
-    for _ in range(40):  # one 1% step per key press, until the DP's answer changes
+    for _ in range(40):
         page.keyboard.press("ArrowRight")
         _wait_idle(page)
         changed = _solution_text(page)
         if changed != before:
             break
     assert changed != before, f"the solution did not change: {before}"
+    assert "method=layermerge" in page.url and "budget=" in page.url
+    _wait_tested(page)  # a finished test redraws the page: click after it
+    # a click on a fast LayerMerge point (the third trace: depth, layer, then LayerMerge on top)
+    chart = page.get_by_test_id("stPlotlyChart").first
+    points = chart.locator(".scatterlayer .trace").nth(2).locator(".point")
+    assert points.count() > 5
+    before = _solution_text(page)
+    points.nth(points.count() - 3).click(force=True)
+    _wait_idle(page)
+    assert _solution_text(page) != before, "the click selected nothing"
+    assert page.get_by_role("radio", name="layermerge").is_checked(), "the method changed"
+    # pin it and a slower one; their tests after surgery arrive in the background
+    _wait_tested(page)
+    page.get_by_role("button", name="Pin this solution").click()
+    _wait_idle(page)
+    points = chart.locator(".scatterlayer .trace").nth(2).locator(".point")
+    before = _solution_text(page)
+    points.nth(points.count() // 3).click(force=True)
+    _wait_idle(page)
+    assert _solution_text(page) != before, "the second click selected nothing"
+    assert page.get_by_role("radio", name="layermerge").is_checked()
+    _wait_tested(page)
+    page.get_by_role("button", name="Pin this solution").click()
+    _wait_idle(page)
+    pinned = page.get_by_test_id("stDataFrame").first
+    pinned.wait_for(timeout=60_000)
+    _wait_tested(page)
+    page.get_by_test_id("stSelectbox").filter(has_text="Pinned solution").click()
+    options = page.get_by_role("option")
+    assert options.count() == 2, [options.nth(i).inner_text() for i in range(options.count())]
+    page.keyboard.press("Escape")
+    page.get_by_role("heading", name="Latency budget").click()  # the focus leaves the select box
     assert page.get_by_test_id("stException").count() == 0
-    page.wait_for_timeout(1000)  # plotly finishes drawing
+    page.mouse.move(5, 5)  # no tooltip in the picture
+    page.wait_for_timeout(1500)  # plotly finishes drawing
     shot = tmp_path / "budget.png"
-    page.screenshot(path=str(shot), full_page=True)
+    page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     if not SCREENSHOT.exists() or os.environ.get("LAYERMERGE_UPDATE_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, BUDGET_SCREENSHOT)
         shutil.copyfile(shot, SCREENSHOT)
     page.close()
 

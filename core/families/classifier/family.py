@@ -7,8 +7,7 @@ them a classifier uses, so generic code never has to ask whether it holds a CNN.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,9 @@ import torch
 from torch import nn
 
 from core.chain import Chain, trace_chain
-from core.errors import LayerMergeError
+from core.errors import DataError, LayerMergeError
 from core.families.base import (
     FinetunedWeights,
-    FinetuneReport,
     FinetuneRun,
     ModelFamily,
     TaskInfo,
@@ -47,14 +45,8 @@ class ClassifierFamily(ModelFamily):
     def claims(self, model: str) -> bool:
         return True  # registry names and module:function; later families claim theirs first
 
-    def load(
-        self,
-        model: str,
-        *,
-        weights: str | Path | Mapping[str, torch.Tensor] | None = None,
-        width: float = 1.0,
-        input_size: int | None = None,
-    ) -> ModelBundle:
+    def load(self, model: str, *, weights=None, width=1.0, input_size=None) -> ModelBundle:
+        """See :meth:`ModelFamily.load`."""
         if ":" not in model and model not in classifier_models():
             names = sorted({*classifier_models(), *family_model_names()})
             raise LayerMergeError(
@@ -133,9 +125,9 @@ class ClassifierFamily(ModelFamily):
 
         splits = load_data(spec, input_size=bundle.input_size, seed=seed)
         if splits.num_classes != bundle.num_classes:
-            raise LayerMergeError(
-                f"{splits.name} has {splits.num_classes} classes but {bundle.name} predicts "
-                f"{bundle.num_classes}; give weights trained on this dataset"
+            raise DataError(
+                f"{bundle.name} has {bundle.num_classes} outputs but data {splits.name!r} has "
+                f"{splits.num_classes} classes; give weights trained on this data (--weights)"
             )
         return splits
 
@@ -179,31 +171,11 @@ class ClassifierFamily(ModelFamily):
 
         return finetune_config(options)
 
-    def finetune(
-        self,
-        bundle: ModelBundle,
-        traced: Chain,
-        training: nn.Module,
-        data: Any,
-        config: Any,
-        *,
-        checkpoint: Path | None,
-        metadata: Mapping[str, Any],
-        progress: Callable[[FinetuneReport], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> FinetuneRun:
+    def finetune(self, bundle, traced, training, data, config, **run: Any) -> FinetuneRun:
+        """See :meth:`ModelFamily.finetune`; ``run`` holds its keywords."""
         from core.families.classifier.workflow import run_finetune
 
-        return run_finetune(
-            bundle,
-            training,
-            data,
-            config,
-            checkpoint=checkpoint,
-            metadata=metadata,
-            progress=progress,
-            cancel=cancel,
-        )
+        return run_finetune(bundle, training, data, config, **run)
 
     def load_finetuned(
         self,
@@ -286,3 +258,11 @@ class ClassifierFamily(ModelFamily):
         from core.importance import ModelRecipe
 
         return ModelRecipe.from_bundle(bundle, portable=portable)
+
+    # ------------------------------------------------------------------ speed
+    structure_complete = True  # stem, head, adds and activations: the whole network is covered
+
+    def structure_costs(self, traced: Chain) -> tuple[Any, ...]:
+        from core.latency import chain_structure_costs
+
+        return chain_structure_costs(traced, traced.default_activation or "relu")

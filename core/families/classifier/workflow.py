@@ -100,16 +100,9 @@ def run_finetune(
         progress=progress,
         cancel=cancel,
     )
-    return FinetuneRun(
-        network=result.network,
-        status=result.status,
-        step=result.step,
-        total_steps=result.total_steps,
-        resumed_from=result.resumed_from,
-        loss=result.loss,
-        elapsed_s=result.elapsed_s,
-        device=result.device,
-        figures={"train_accuracy": result.accuracy if math.isfinite(result.accuracy) else None},
+    accuracy = result.accuracy if math.isfinite(result.accuracy) else None
+    return FinetuneRun.of(
+        result, network=result.network, device=result.device, figures={"train_accuracy": accuracy}
     )
 
 

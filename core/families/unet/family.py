@@ -8,8 +8,7 @@ structure beside the tensors.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from core.chain import Chain
 from core.errors import LayerMergeError
 from core.families.base import (
     FinetunedWeights,
-    FinetuneReport,
     FinetuneRun,
     ModelFamily,
     TableNotes,
@@ -51,14 +49,8 @@ class UNetFamily(ModelFamily):
     def model_names(self) -> list[str]:
         return [DEMO_UNET_NAME]
 
-    def load(
-        self,
-        model: str,
-        *,
-        weights: str | Path | Mapping[str, torch.Tensor] | None = None,
-        width: float = 1.0,
-        input_size: int | None = None,
-    ) -> UNetBundle:
+    def load(self, model: str, *, weights=None, width=1.0, input_size=None) -> UNetBundle:
+        """See :meth:`ModelFamily.load`."""
         if width != 1.0:
             raise LayerMergeError(
                 f"width {width} applies to MobileNetV2 only; a diffusion UNet has no width option"
@@ -210,25 +202,12 @@ class UNetFamily(ModelFamily):
 
         return finetune_config(options, data)
 
-    def finetune(
-        self,
-        bundle: UNetBundle,
-        traced: UNetChain,
-        training: nn.Module,
-        data: Any,
-        config: Any,
-        *,
-        checkpoint: Path | None,
-        metadata: Mapping[str, Any],
-        progress: Callable[[FinetuneReport], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> FinetuneRun:
+    def finetune(self, bundle, traced, training, data, config, **run: Any) -> FinetuneRun:
+        """See :meth:`ModelFamily.finetune`; ``run`` holds its keywords."""
         from core.families.unet.workflow import run_finetune
 
-        # the run state has no place for metadata: the finetuned.pt beside it names the model
-        return run_finetune(
-            training, data, config, checkpoint=checkpoint, progress=progress, cancel=cancel
-        )
+        run.pop("metadata", None)  # the run state has no place for it: finetuned.pt names the model
+        return run_finetune(training, data, config, **run)
 
     def save_finetuned(
         self,

@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ from core.families.unet.finetune import UNetFinetuneConfig, finetune_unet
 from core.families.unet.loss import epsilon_loss
 from core.families.unet.surgery import build_unet_training_network
 from core.families.unet.unet import UNetBundle, unet_from_config, unet_state_digest
-from core.importance import EntryScore, ImportanceEstimator, entry_solution
+from core.importance import EntryScore, ImportanceEstimator, PortableWeights, entry_solution
 from core.tables import TableEntry
 
 __all__ = [
@@ -171,7 +171,7 @@ class EpsilonLossEstimator(ImportanceEstimator):
 
 
 @dataclass(frozen=True)
-class UNetRecipe:
+class UNetRecipe(PortableWeights):
     """What a worker needs to rebuild a UNet: its config and its weights as a state_dict file's
     bytes (or, after :meth:`localized`, the file), checked by digest. Workers need no folder."""
 
@@ -181,6 +181,7 @@ class UNetRecipe:
     weights_digest: str
     weights_bytes: bytes | None = None
     weights_path: str | None = None
+    weights_file: ClassVar[str] = "unet-weights.pt"
 
     @classmethod
     def from_bundle(cls, bundle: UNetBundle) -> UNetRecipe:
@@ -193,14 +194,6 @@ class UNetRecipe:
             bundle.weights_digest,
             weights_bytes=buffer.getvalue(),
         )
-
-    def localized(self, scratch: Path) -> UNetRecipe:
-        """The recipe with its weights written to a file in ``scratch``, read once per worker."""
-        if self.weights_bytes is None:
-            return self
-        path = scratch / "unet-weights.pt"
-        path.write_bytes(self.weights_bytes)
-        return replace(self, weights_bytes=None, weights_path=str(path))
 
     def build(self) -> UNetBundle:
         """Rebuild the UNet and check it has the recorded weights.

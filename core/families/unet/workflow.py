@@ -196,16 +196,8 @@ def run_finetune(
         checkpoint=checkpoint,
         checkpoint_every=settings.checkpoint_every,
     )
-    return FinetuneRun(
-        network=result.network.cpu().eval(),
-        status=result.status,
-        step=result.step,
-        total_steps=result.total_steps,
-        resumed_from=result.resumed_from,
-        loss=result.loss,
-        elapsed_s=result.elapsed_s,
-        device=settings.device,
-        figures={},
+    return FinetuneRun.of(
+        result, network=result.network.cpu().eval(), device=settings.device, figures={}
     )
 
 

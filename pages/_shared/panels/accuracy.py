@@ -232,6 +232,9 @@ class AccuracyPanel(Panel):
     def finetune_view(self, job: Job) -> None:
         finetune_view(job)
 
+    def finetune_quality(self, result: dict) -> tuple[float | None, float | None]:
+        return result["unfinetuned"].accuracy, result["after"].accuracy
+
     def resume_finetune(self, job: Job) -> Job:
         return jobs_finetune.start_classifier_finetune(
             job.config["solution"], job.config["finetune"], resume_of=job

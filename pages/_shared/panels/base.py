@@ -97,6 +97,7 @@ class Panel(abc.ABC):
     tables_cancel_label: ClassVar[str]
     tables_stopped_note: ClassVar[str]  # what is kept of a stopped tables job
     tables_saved_note: ClassVar[str]  # how the tables job saves its work
+    speed_measurement: ClassVar[str] = "speed"  # the measurement kind quality_section times under
 
     # ------------------------------------------------------------------ Model page
     @abc.abstractmethod
@@ -128,6 +129,10 @@ class Panel(abc.ABC):
     @abc.abstractmethod
     def quality_section(self, solution: Solution, used: TablesInUse) -> None:
         """On request, the merged network measured beside its prediction (and its quality)."""
+
+    def finetune_quality(self, result: dict[str, Any]) -> tuple[float | None, float | None]:
+        """A completed finetune job's quality (the task's figure): before and after finetuning."""
+        return None, None
 
     # ------------------------------------------------------------------ Finetune page
     @abc.abstractmethod

@@ -82,6 +82,7 @@ class SamplesPanel(Panel):
         "(core.families.unet.merge); attention, skips and the time MLP stay as they are."
     )
     tables_cancel_label = "Stop"
+    speed_measurement = "step"
     tables_stopped_note = "start it again below."
     tables_saved_note = (
         "the latency table first, then the ε-loss importance of every entry; the tables appear "
@@ -262,6 +263,9 @@ class SamplesPanel(Panel):
 
     def finetune_view(self, job: Job) -> None:
         finetune_view(job)
+
+    def finetune_quality(self, result: dict) -> tuple[float | None, float | None]:
+        return result["holdout_before"], result["holdout_after"]
 
     def resume_finetune(self, job: Job) -> Job:
         return jobs_finetune.start_unet_finetune(
