@@ -29,7 +29,7 @@ import os
 import platform
 import stat
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from core.errors import LayerMergeError, OutputWriteError, UnsafeCheckpointError
 from core.safe_load import safe_torch_load
 
 __all__ = [
+    "check_tensors",
     "read_untrusted_checkpoint",
     "library_versions",
     "jsonable",
@@ -327,3 +328,39 @@ def _blocked(folder: Path) -> bool:
         if parent.exists():
             return not parent.is_dir()
     return False
+
+
+def check_tensors(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, Any], name: str, *, what: str = "spec"
+) -> None:
+    """``given`` holds exactly the names, shapes and kinds of ``expected`` (a skeleton's
+    state_dict), all finite: what every family checks before loading untrusted tensors."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(
+                f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"
+            )
+        raise UnsafeCheckpointError(
+            f"{name}: state_dict does not match the {what}: {'; '.join(parts)}"
+        )
+    for key, tensor in expected.items():
+        value = given[key]
+        if not isinstance(value, torch.Tensor):
+            raise UnsafeCheckpointError(f"{name}: {key!r} is not a tensor")
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise UnsafeCheckpointError(
+                f"{name}: {key!r} has shape {tuple(value.shape)}, the {what} says "
+                f"{tuple(tensor.shape)}"
+            )
+        if value.is_floating_point() != tensor.is_floating_point():
+            raise UnsafeCheckpointError(f"{name}: {key!r} has dtype {value.dtype}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UnsafeCheckpointError(
+                f"{name}: {key!r} holds NaN or infinity: the file is damaged or comes from a "
+                "run that diverged"
+            )

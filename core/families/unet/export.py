@@ -23,7 +23,13 @@ from core.errors import LayerMergeError, UnsafeCheckpointError
 from core.families.unet.merge import merged_shell
 from core.families.unet.surgery import apply_structure
 from core.families.unet.unet import unet_from_config
-from core.files import atomic_torch_save, jsonable, library_versions, read_untrusted_checkpoint
+from core.files import (
+    atomic_torch_save,
+    check_tensors,
+    jsonable,
+    library_versions,
+    read_untrusted_checkpoint,
+)
 from core.solution import Solution
 
 __all__ = [
@@ -123,7 +129,7 @@ def unet_from_checkpoint(loaded: Any, *, name: str = "checkpoint") -> nn.Module:
     _check_config_size(loaded["config"], name)
     with torch.device("meta"):  # shapes only: nothing is allocated
         skeleton = _build(loaded, name)
-    _check_tensors(skeleton.state_dict(), state, name)
+    check_tensors(skeleton.state_dict(), state, name, what="structure")
     network = _build(loaded, name)
     try:
         network.load_state_dict(state, strict=True)
@@ -199,27 +205,3 @@ def _build(loaded: dict[str, Any], name: str) -> nn.Module:
         raise UnsafeCheckpointError(
             f"{name}: its config or structure is invalid ({message})"
         ) from exc
-
-
-def _check_tensors(
-    expected: Mapping[str, torch.Tensor], given: Mapping[str, Any], name: str
-) -> None:
-    """``given`` holds exactly the names, shapes and dtypes of ``expected``, and finite values."""
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    if missing or unexpected:
-        parts = [f"missing {', '.join(missing[:3])}"] if missing else []
-        parts += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
-        raise UnsafeCheckpointError(f"{name}: weights do not fit the structure: {'; '.join(parts)}")
-    for key, reference in expected.items():
-        value = given[key]
-        if (
-            tuple(value.shape) != tuple(reference.shape)
-            or value.is_floating_point() != reference.is_floating_point()
-        ):
-            raise UnsafeCheckpointError(
-                f"{name}: {key!r} is {value.dtype} {tuple(value.shape)}, the structure says "
-                f"{reference.dtype} {tuple(reference.shape)}"
-            )
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise UnsafeCheckpointError(f"{name}: {key!r} holds NaN or infinity")

@@ -364,19 +364,19 @@ def finetune_unet(
         ema.copy_to(unet)
     unet.eval()
     holdout_after = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
+    last_loss = history[-1].train_loss if history else math.nan
+    progress_fields = {"step": step, "total_steps": config.steps, "resumed_from": resumed_from}
     return UNetFinetuneResult(
         network=unet,
         status=status,
-        step=step,
-        total_steps=config.steps,
-        resumed_from=resumed_from,
-        loss=history[-1].train_loss if history else math.nan,
+        loss=last_loss,
         elapsed_s=time.perf_counter() - started,
         device=str(device),
         checkpoint_path=path,
         history=history,
         holdout_loss_before=holdout_before,
         holdout_loss_after=holdout_after,
+        **progress_fields,
     )
 
 
