@@ -57,7 +57,6 @@ import abc
 import contextlib
 import datetime
 import hashlib
-import io
 import json
 import logging
 import math
@@ -66,7 +65,6 @@ import platform
 import statistics
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -81,6 +79,7 @@ from core.errors import LayerMergeError
 from core.families.base import ModelFamily, family_for
 from core.files import library_versions
 from core.network import make_activation, make_fixed_op
+from core.onnx_export import onnx_bytes
 from core.runner import ProgressCallback, run_jobs
 from core.speed import PROTOCOL_VERSION, StructureCost, explained_network_ms
 from core.table_store import (
@@ -1263,35 +1262,8 @@ def _cuda_event_timing(call: Callable[[], Any], min_run_time: float) -> Timing:
 
 
 def _export_onnx(module: nn.Module, example: torch.Tensor) -> bytes:
-    """ONNX bytes of ``module`` at ``example``'s shape.
-
-    The legacy TorchScript exporter takes a fraction of a second per conv, the dynamo exporter
-    ten or more, so the legacy one is tried first.
-    """
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                module,
-                (example,),
-                buffer,
-                dynamo=False,
-                input_names=["x"],
-                output_names=["y"],
-                opset_version=17,
-            )
-        except Exception:  # legacy exporter missing or failing: fall back to dynamo
-            buffer = io.BytesIO()
-            try:
-                torch.onnx.export(
-                    module, (example,), buffer, dynamo=True, input_names=["x"], verbose=False
-                )
-            except Exception as exc:  # the exporter raises many types
-                raise LayerMergeError(
-                    f"cannot export {type(module).__name__} to ONNX: {type(exc).__name__}: {exc}"
-                ) from exc
-    return buffer.getvalue()
+    """ONNX bytes of ``module`` at ``example``'s shape (static: a table times one batch size)."""
+    return onnx_bytes(module, {"x": example}, ["y"], dynamic_batch=False, opset=17)
 
 
 def _positive_int(value: Any) -> bool:

@@ -8,7 +8,9 @@ siblings). Registry builders are small keyword-only functions (torchvision, timm
 name raises ``ValueError`` instead of silently shadowing a model.
 
 Weights are data, never code: files are read with ``torch.load(weights_only=True)`` only, so a
-malicious pickle is refused before it can run. Any file name is accepted (``.pt``, ``.pth``,
+malicious pickle is refused before it can run, a file whose archive fails its checksums is refused
+as damaged, and weights holding NaN or infinity are refused before anything is computed with
+them (:func:`check_finite_weights`). Any file name is accepted (``.pt``, ``.pth``,
 ``.th``, ``.tar``, none); the content is what counts: a plain ``state_dict`` (torchvision's own
 ``resnet34-*.pth``), or a dict holding one under ``state_dict``/``model``/``net``/
 ``model_state_dict`` as research code saves it, in the zip or the legacy format, with CUDA storages
@@ -59,6 +61,7 @@ __all__ = [
     "load_state_dict_file",
     "load_state_dict_bytes",
     "load_weights",
+    "check_finite_weights",
     "state_dict_digest",
     "INIT_SEED",
     "DEMO_WEIGHTS_DIR",
@@ -308,8 +311,10 @@ def build_model(
             if shipped.is_file():
                 state_dict, weights_path, source = load_state_dict_file(shipped), shipped, "shipped"
 
+    described = str(weights_path or "the given state_dict")
     if state_dict is not None:
-        load_weights(model, state_dict, source=str(weights_path or "the given state_dict"))
+        load_weights(model, state_dict, source=described)
+    check_finite_weights(model, source=described if state_dict is not None else f"of {name}")
     model.eval()
     return ModelBundle(
         model=model,
@@ -406,6 +411,36 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, so
     except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a dtype that cannot be copied
         message = " ".join(str(exc).split())
         raise LayerMergeError(f"weights {source} cannot be loaded: {message}") from exc
+
+
+def check_finite_weights(weights: nn.Module | Mapping[str, Any], *, source: str) -> None:
+    """Refuse weights holding NaN or infinity, before any table or checkpoint is made from them.
+
+    A network with a non-finite weight computes NaN everywhere: every table entry and every
+    merge check would be a confident number about nothing.
+
+    Args:
+        weights: a model (its parameters and buffers) or a state_dict; other values are skipped.
+        source: what the weights are called in messages (a file name).
+
+    Raises:
+        UnsafeCheckpointError: naming the first tensor that holds a non-finite value.
+    """
+    tensors = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    bad = [
+        name
+        for name, value in tensors.items()
+        if isinstance(value, torch.Tensor)
+        and (value.is_floating_point() or value.is_complex())
+        and not value.is_meta
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise UnsafeCheckpointError(
+            f"weights {source} hold non-finite values (NaN or infinity) in {bad[0]}{more}: the "
+            "file is damaged or comes from a training run that diverged; use finite weights"
+        )
 
 
 def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -1,6 +1,8 @@
-"""ONNX export of a one-input network, checked against ONNX Runtime before it is kept.
+"""The one ONNX wrapper: :func:`onnx_bytes` exports any module (one input or several, e.g. a UNet's
+sample and timestep) and :func:`check_onnx` checks the graph against ONNX Runtime.
 
-The classifier family exports its merged networks through :func:`export_onnx`, and
+Latency tables time ONNX graphs made by it, the UNet family exports through it, and the classifier
+family exports its merged networks through :func:`export_onnx`; and
 :mod:`core.benchmark` times networks on ONNX Runtime through it. It lives apart from
 :mod:`core.export` (which asks the family registry how to load a checkpoint) so that families and
 the benchmark can use it without importing the registry.
@@ -12,6 +14,7 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from torch import nn
 
 from core.errors import LayerMergeError
 
-__all__ = ["ONNX_INPUT_NAME", "ONNX_OUTPUT_NAME", "export_onnx"]
+__all__ = ["ONNX_INPUT_NAME", "ONNX_OUTPUT_NAME", "export_onnx", "onnx_bytes", "check_onnx"]
 
 ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAME = "logits"
@@ -70,9 +73,13 @@ def export_onnx(
     module = _eval_copy(network)
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     try:
-        _onnx_export(module, example, tmp, dynamic_batch=dynamic_batch, opset=opset)
+        inputs = {ONNX_INPUT_NAME: example}
+        data = onnx_bytes(
+            module, inputs, [ONNX_OUTPUT_NAME], dynamic_batch=dynamic_batch, opset=opset
+        )
         if verify:
-            _verify_onnx(module, tmp, example, tolerance)
+            check_onnx(data, module, inputs, tolerance)
+        tmp.write_bytes(data)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -88,59 +95,70 @@ def _eval_copy(network: nn.Module) -> nn.Module:
     return copy.deepcopy(network).cpu().eval()
 
 
-def _onnx_export(
-    module: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, opset: int | None
-) -> None:
-    kwargs: dict[str, Any] = {
-        "input_names": [ONNX_INPUT_NAME],
-        "output_names": [ONNX_OUTPUT_NAME],
-    }
+def onnx_bytes(
+    module: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    output_names: Sequence[str],
+    *,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+) -> bytes:
+    """The ONNX graph of ``module`` at ``inputs``' shapes: the one exporter every caller uses.
+
+    The TorchScript exporter comes first (a fraction of a second per conv; the dynamo exporter
+    takes ten or more), dynamo when it is gone or refuses the model. Inputs are named by
+    ``inputs``' keys; with ``dynamic_batch`` the first dimension of every input and output is
+    symbolic.
+
+    Raises:
+        LayerMergeError: both exporters fail (one line, the exporter's message shortened).
+    """
+    names, args = list(inputs), tuple(inputs.values())
+    kwargs: dict[str, Any] = {"input_names": names, "output_names": list(output_names)}
     if opset is not None:
         kwargs["opset_version"] = opset
-    sink = io.StringIO()
+    axes = {name: {0: "batch"} for name in [*names, *output_names]} if dynamic_batch else None
+    buffer = io.BytesIO()
     try:
         with (
             warnings.catch_warnings(),
-            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stdout(io.StringIO()),
             torch.inference_mode(False),
+            torch.no_grad(),
         ):
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    str(path),
-                    dynamo=False,
-                    dynamic_axes=(
-                        {ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}}
-                        if dynamic_batch
-                        else None
-                    ),
-                    **kwargs,
-                )
+                torch.onnx.export(module, args, buffer, dynamo=False, dynamic_axes=axes, **kwargs)
             except (TypeError, NotImplementedError, RuntimeError):
-                # the TorchScript exporter is gone or refuses the model: use dynamo
-                dims = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-                torch.onnx.export(
-                    module, (example,), str(path), dynamo=True, dynamic_shapes=dims, **kwargs
+                buffer = io.BytesIO()  # the TorchScript exporter is gone or refuses: use dynamo
+                dims = (
+                    tuple({0: torch.export.Dim("batch")} for _ in args) if dynamic_batch else None
                 )
+                torch.onnx.export(module, args, buffer, dynamo=True, dynamic_shapes=dims, **kwargs)
     except Exception as exc:  # the exporters raise many types; the caller needs one
         message = " ".join(str(exc).split())[:300]
         raise LayerMergeError(f"ONNX export failed ({type(exc).__name__}: {message})") from exc
+    return buffer.getvalue()
 
 
-def _verify_onnx(module: nn.Module, path: Path, example: torch.Tensor, tolerance: float) -> None:
+def check_onnx(
+    data: bytes, module: nn.Module, inputs: Mapping[str, torch.Tensor], tolerance: float
+) -> float:
+    """Run the graph in ONNX Runtime on ``inputs`` and compare with torch; returns the relative
+    error, or raises when it is above ``tolerance`` (a deployment format gets its own check)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        expected = module(example).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
+        expected = module(*inputs.values())
+    expected = getattr(expected, "sample", expected).numpy()
+    got = session.run(None, {name: value.numpy() for name, value in inputs.items()})[0]
     error = float(abs(expected - got).max() / max(float(abs(expected).max()), 1e-12))
     if not error <= tolerance:
         raise LayerMergeError(
             f"ONNX Runtime's outputs differ from torch's by {error:.2e} (relative), more than "
             f"{tolerance:.0e}"
         )
+    return error

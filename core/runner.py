@@ -16,11 +16,19 @@ resumes where it stopped. Jobs run where a :class:`Runner` says:
 
 Results do not depend on where a job ran, provided each job seeds itself from its id (the
 importance estimators do): the same table comes from one process, eight, or a cluster.
+
+Local workers never outlive the run's process: each watches the process that started it and exits
+as soon as that one is gone (killed with SIGKILL, say), instead of finishing a table nobody will
+read. A cluster address is probed before dask is handed it: the scheduler must answer with dask's
+handshake within :data:`CLUSTER_PROBE_TIMEOUT_S`, so a port that answers with something else (a
+web server, another service) is one clear error, not dask reading its bytes as a message length.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -36,9 +44,20 @@ from core.errors import LayerMergeError
 from core.table_store import PartialStore
 from core.threads import torch_threads
 
-__all__ = ["ProgressCallback", "Runner", "RemoteTask", "RunOutcome", "run_jobs"]
+__all__ = [
+    "ProgressCallback",
+    "Runner",
+    "RemoteTask",
+    "RunOutcome",
+    "run_jobs",
+    "check_scheduler",
+    "CLUSTER_PROBE_TIMEOUT_S",
+]
 
 ProgressCallback = Callable[[int, int, float | None], None]  # (entries done, total, eta_s)
+CLUSTER_PROBE_TIMEOUT_S = 10.0  # how long a scheduler may take to send its handshake
+PARENT_POLL_S = 0.5  # how often a local worker checks that the run's process is alive
+_HANDSHAKE_MAX_BYTES = 1 << 16  # dask's handshake is ~60 bytes; anything near this is not one
 
 
 @dataclass(frozen=True)
@@ -220,7 +239,12 @@ def _execute(
                 for job in pending
             )
             parallel = joblib.Parallel(
-                n_jobs=runner.processes, backend="loky", return_as="generator_unordered"
+                n_jobs=runner.processes,
+                backend="loky",
+                return_as="generator_unordered",
+                # first thing in each worker: exit once this process is gone (see _PARENT_WATCH)
+                initializer=exec,
+                initargs=(_parent_watch(os.getpid()), {}),
             )
             yield from parallel(tasks)
         return
@@ -248,6 +272,132 @@ def _run_remote(
         return job, function(context, job, payload)
 
 
+# What every local worker runs first, through ``exec`` (a builtin, so the worker runs it before
+# it imports anything of ours: ``core`` imports torch, which takes seconds): a daemon thread that
+# ends the worker as soon as the run's process is no longer its parent, i.e. it died (a SIGKILL
+# leaves no time to stop the workers) and the worker was handed to init or a subreaper.
+_PARENT_WATCH = """
+import os, threading, time
+
+def watch(parent={parent}, poll={poll}):
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os._exit(1)
+
+threading.Thread(target=watch, name="layermerge-parent-watch", daemon=True).start()
+"""
+
+
+def _parent_watch(parent: int) -> str:
+    """The code of :data:`_PARENT_WATCH` for workers of the process ``parent``."""
+    return _PARENT_WATCH.format(parent=int(parent), poll=float(PARENT_POLL_S))
+
+
+def check_scheduler(address: str, *, timeout: float = CLUSTER_PROBE_TIMEOUT_S) -> None:
+    """Make sure ``address`` is a dask scheduler before dask.distributed is given it.
+
+    A dask scheduler sends its handshake as soon as a connection opens: an 8-byte length, then
+    frames whose first is a small msgpack map naming its Python version. Anything else (a web
+    server, an SSH daemon, silence) is refused here: dask itself would read the first bytes as
+    a length and may try to allocate exabytes. Only ``tcp://`` addresses (and bare
+    ``host:port``) are probed; TLS and other transports go to dask as they are.
+
+    Raises:
+        LayerMergeError: the address is malformed, refuses the connection, or answers with
+            anything but a dask handshake within ``timeout`` seconds.
+    """
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return
+    host, port = _host_port(rest, address)
+    what = f"--cluster {address}"
+    try:
+        connection = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as exc:
+        raise LayerMergeError(
+            f"cannot reach the dask scheduler at {address}: no answer within {timeout:g} s"
+        ) from exc
+    except OSError as exc:
+        raise LayerMergeError(
+            f"cannot reach the dask scheduler at {address}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        with connection:
+            deadline = time.monotonic() + timeout
+            header = _receive(connection, 8, deadline)
+            (size,) = struct.unpack("<Q", header)
+            if not 16 <= size <= _HANDSHAKE_MAX_BYTES:
+                raise ValueError(f"it answered {header!r}..., not dask's handshake")
+            body = _receive(connection, size, deadline)
+    except TimeoutError as exc:
+        raise LayerMergeError(
+            f"{what} answered but sent no dask handshake within {timeout:g} s: it is not a dask "
+            "scheduler (give the scheduler's address, e.g. tcp://host:8786)"
+        ) from exc
+    except OSError as exc:
+        raise LayerMergeError(
+            f"the dask scheduler at {address} broke the connection: {exc.strerror or exc}"
+        ) from exc
+    except (ValueError, EOFError) as exc:
+        raise LayerMergeError(
+            f"{what} is not a dask scheduler: {exc} (give the scheduler's address, e.g. "
+            "tcp://host:8786)"
+        ) from exc
+    try:
+        _check_handshake(body)
+    except (ValueError, struct.error) as exc:
+        raise LayerMergeError(
+            f"{what} is not a dask scheduler: its first message is not dask's handshake ({exc}); "
+            "give the scheduler's address, e.g. tcp://host:8786"
+        ) from exc
+
+
+def _host_port(location: str, address: str) -> tuple[str, int]:
+    host, sep, port = location.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LayerMergeError(
+            f"--cluster {address} is not a scheduler address: give tcp://HOST:PORT "
+            "(e.g. tcp://10.0.0.5:8786)"
+        )
+    return host, int(port)
+
+
+def _receive(connection: socket.socket, count: int, deadline: float) -> bytes:
+    """Exactly ``count`` bytes, or EOFError / TimeoutError."""
+    data = bytearray()
+    while len(data) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        connection.settimeout(left)
+        chunk = connection.recv(count - len(data))
+        if not chunk:
+            raise EOFError(f"it closed the connection after {len(data)} bytes")
+        data += chunk
+    return bytes(data)
+
+
+def _check_handshake(body: bytes) -> None:
+    """``body`` must be dask's frames (a count, lengths, frames) whose first is a msgpack map
+    with ``python``: parsed with fixed limits, nothing deserialized beyond plain values."""
+    import msgpack
+
+    (frames,) = struct.unpack_from("<Q", body)
+    if not 1 <= frames <= 16 or 8 * (1 + frames) > len(body):
+        raise ValueError(f"{frames} frames")
+    lengths = struct.unpack_from(f"<{frames}Q", body, 8)
+    start = 8 * (1 + frames)
+    if sum(lengths) != len(body) - start:
+        raise ValueError("frame lengths do not add up")
+    try:
+        first = msgpack.unpackb(body[start : start + lengths[0]], raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several types on junk
+        raise ValueError(f"undecodable first frame: {type(exc).__name__}") from exc
+    if not isinstance(first, dict) or "python" not in first:
+        raise ValueError("no python version in it")
+
+
 def _dask_client(address: str) -> Any:
     try:
         from distributed import Client
@@ -255,10 +405,12 @@ def _dask_client(address: str) -> Any:
         raise LayerMergeError(
             "--cluster needs dask.distributed (pip install 'dask[distributed]')"
         ) from exc
+    check_scheduler(address)
     try:
         return Client(address, timeout=30)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise LayerMergeError(f"cannot reach the dask scheduler at {address!r}: {exc}") from exc
+        message = " ".join(str(exc).split())[:200]
+        raise LayerMergeError(f"cannot reach the dask scheduler at {address!r}: {message}") from exc
 
 
 def _positive_int(value: Any) -> bool:

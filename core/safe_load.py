@@ -4,20 +4,28 @@ Weights files, finetune checkpoints and compressed checkpoints all come from use
 reader goes through :func:`safe_torch_load`: nothing is ever unpickled beyond tensors and plain
 values, and every failure (a pickle payload, a truncated zip, a text file) becomes one
 :class:`~core.errors.UnsafeCheckpointError` line instead of a traceback.
+
+``torch.save`` writes a zip archive with a CRC-32 checksum per record, but ``torch.load`` never
+checks them: a file with flipped bytes loads silently, with damaged tensors. So before loading,
+every record of the archive is read and checked against its checksum (:func:`check_archive`); a
+damaged file is refused, naming the record that fails.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import warnings
+import zipfile
+import zlib
 from typing import Any, BinaryIO
 
 import torch
 
 from core.errors import UnsafeCheckpointError
 
-__all__ = ["safe_torch_load"]
+__all__ = ["safe_torch_load", "check_archive"]
 
 
 def safe_torch_load(handle: BinaryIO, name: str, *, advice: str = "") -> Any:
@@ -29,8 +37,10 @@ def safe_torch_load(handle: BinaryIO, name: str, *, advice: str = "") -> Any:
         advice: appended to the refusal of an unsafe file, e.g. how to save it safely.
 
     Raises:
-        UnsafeCheckpointError: the data would need unsafe unpickling, or is not a torch file.
+        UnsafeCheckpointError: the data would need unsafe unpickling, is not a torch file, or is
+            damaged (a record fails its checksum).
     """
+    check_archive(handle, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": reported below
@@ -47,3 +57,39 @@ def safe_torch_load(handle: BinaryIO, name: str, *, advice: str = "") -> Any:
         raise UnsafeCheckpointError(
             f"{name} is not a readable torch checkpoint ({type(exc).__name__}: {message[:200]})"
         ) from exc
+
+
+def check_archive(handle: BinaryIO, name: str) -> None:
+    """Verify the CRC-32 of every record of a zip-format torch file; leave ``handle`` where it was.
+
+    A legacy (non-zip) torch file has no checksums and is left to ``torch.load``; so is a stream
+    that cannot seek.
+
+    Raises:
+        UnsafeCheckpointError: the archive is damaged: a record fails its checksum, or the
+            archive's directory cannot be read.
+    """
+    try:
+        start = handle.tell()
+        handle.seek(start)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return
+    try:
+        if not zipfile.is_zipfile(handle):
+            return
+        handle.seek(start)
+        with zipfile.ZipFile(handle) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise UnsafeCheckpointError(
+            f"{name} is damaged: its zip archive cannot be read ({detail}); copy or download it "
+            "again"
+        ) from exc
+    finally:
+        handle.seek(start)
+    if damaged is not None:
+        raise UnsafeCheckpointError(
+            f"{name} is damaged: its record {damaged!r} fails its CRC checksum (corrupted on "
+            "disk or in transfer); copy or download it again"
+        )

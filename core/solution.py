@@ -7,17 +7,14 @@ contract of DESIGN.md ("A solution file is JSON ..."); ``objective``, ``metric``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidSolutionError, LayerMergeError
+from core.errors import InvalidSolutionError, OutputWriteError
+from core.files import atomic_write_text
 
 __all__ = [
     "SolutionSegment",
@@ -38,7 +35,7 @@ OBJECTIVES = ("additive", "paper")
 METRICS = ("accuracy", "epsilon_loss")
 
 
-class SolutionWriteError(LayerMergeError):
+class SolutionWriteError(OutputWriteError):
     """A solution file cannot be written where asked (missing folder, a directory, a device...)."""
 
 
@@ -75,20 +72,30 @@ class SolutionSegment:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SolutionSegment:
+    def from_dict(cls, data: Any) -> SolutionSegment:
+        """A segment of a solution file, parsed strictly: integers are integers (not bools or
+        floats), ``depthwise`` is a bool, ``kept_convs`` a list of integers.
+
+        Raises:
+            InvalidSolutionError: naming the segment and the first bad field.
+        """
         try:
+            if not isinstance(data, dict):
+                raise ValueError(f"is a {type(data).__name__}, not an object")
             return cls(
-                start=int(data["start"]),
-                end=int(data["end"]),
-                kernel=int(data["kernel"]),
-                depthwise=bool(data["depthwise"]),
-                stride=int(data["stride"]),
-                kept_convs=tuple(int(c) for c in data["kept_convs"]),
-                latency_ms=float(data.get("latency_ms", 0.0)),
-                importance=float(data.get("importance", 0.0)),
+                start=_integer(data, "start", low=0),
+                end=_integer(data, "end", low=1),
+                kernel=_integer(data, "kernel", low=0),
+                depthwise=_boolean(data, "depthwise"),
+                stride=_integer(data, "stride", low=1),
+                kept_convs=tuple(_integers(data, "kept_convs", low=0)),
+                latency_ms=_number(data, "latency_ms", default=0.0),
+                importance=_number(data, "importance", default=0.0),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidSolutionError(f"solution segment {data!r} is malformed: {exc}") from exc
+        except ValueError as exc:
+            raise InvalidSolutionError(
+                f"solution segment {_short(data)} is malformed: {exc}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -157,105 +164,168 @@ class Solution:
         return fields
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Solution:
+    def from_dict(cls, data: Any) -> Solution:
+        """A solution from its JSON form, parsed strictly (DESIGN.md's solution file).
+
+        Integers are integers (not bools or floats), lists are lists, figures are finite
+        numbers, and a ``version`` other than this one's is refused; a file without ``version``,
+        ``objective`` or ``metric`` was written before those fields (version 1, ``paper``).
+
+        Raises:
+            InvalidSolutionError: naming the first bad field.
+        """
         if not isinstance(data, dict):
             raise InvalidSolutionError(
                 f"a solution must be a JSON object, got {type(data).__name__}"
             )
         try:
-            segments = tuple(SolutionSegment.from_dict(s) for s in data["segments"])
-            objective = str(data.get("objective", "paper"))
-            metric = str(data.get("metric", ""))
+            version = _integer(data, "version", default=SOLUTION_VERSION)
+            if version != SOLUTION_VERSION:
+                raise ValueError(
+                    f"version {version} is not supported (this version of LayerMerge Studio "
+                    f"reads solution version {SOLUTION_VERSION})"
+                )
+            raw_segments = data.get("segments")
+            if not isinstance(raw_segments, list) or not raw_segments:
+                raise ValueError(f"segments must be a non-empty list, got {_short(raw_segments)}")
+            objective = _string(data, "objective", default="paper")
+            metric = _string(data, "metric", default="")
             if objective not in OBJECTIVES:
                 raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
             if metric and metric not in METRICS:
                 raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
-            return cls(
-                method=str(data["method"]),
-                budget_ms=float(data["budget_ms"]),
-                latency_ms=float(data["latency_ms"]),
-                importance=float(data["importance"]),
-                segments=tuple(sorted(segments, key=lambda s: s.start)),
-                kept_activations=tuple(sorted(int(p) for p in data["kept_activations"])),
-                tables_digest=str(data.get("tables_digest", "")),
-                version=int(data.get("version", SOLUTION_VERSION)),
-                extra=dict(data.get("extra", {})),
+            extra = data.get("extra", {})
+            if not isinstance(extra, dict):
+                raise ValueError(f"extra must be an object, got {_short(extra)}")
+            fields = dict(
+                method=_string(data, "method"),
+                budget_ms=_number(data, "budget_ms"),
+                latency_ms=_number(data, "latency_ms"),
+                importance=_number(data, "importance"),
+                kept_activations=tuple(sorted(_integers(data, "kept_activations", low=0))),
+                tables_digest=_string(data, "tables_digest", default=""),
+                version=version,
+                extra=dict(extra),
                 objective=objective,
                 metric=metric,
-                predicted=_optional_float(data.get(f"predicted_{metric}") if metric else None),
-                original_metric=_optional_float(data.get(f"original_{metric}") if metric else None),
+                predicted=_number(data, f"predicted_{metric}", default=None) if metric else None,
+                original_metric=(
+                    _number(data, f"original_{metric}", default=None) if metric else None
+                ),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidSolutionError(
-                f"solution is malformed: missing or bad field {exc}"
-            ) from exc
+        except ValueError as exc:
+            raise InvalidSolutionError(f"solution is malformed: {exc}") from exc
+        segments = tuple(SolutionSegment.from_dict(s) for s in raw_segments)
+        return cls(segments=tuple(sorted(segments, key=lambda s: s.start)), **fields)
 
 
 def save_solution(solution: Solution, path: str | Path) -> None:
     """Write ``solution`` as JSON, atomically: readers never see half a file.
 
-    The JSON goes to a temporary file beside ``path`` that is then renamed over it, so a crash,
-    a full disk or a read-only folder leaves ``path`` as it was and no temporary file behind. The
-    folder must exist (a typo in it is refused, not silently created), and ``path`` may only
-    replace a regular file: a directory, a device or a pipe is refused, never replaced. A symbolic
-    link is followed, so the file it points to is updated.
+    The write policy of :mod:`core.files`: the JSON goes to a temporary file beside ``path`` that
+    is then renamed over it, so a crash, a full disk or a read-only folder leaves ``path`` as it
+    was and no temporary file behind. The folder must exist (a typo in it is refused, not
+    silently created), and ``path`` may only replace a regular file: a directory, a device or a
+    pipe is refused, never replaced. A symbolic link is followed, so the file it points to is
+    updated.
 
     Raises:
         SolutionWriteError: the folder is missing, ``path`` is not a regular file, or the write
             fails; the message names the path and the reason.
     """
-    target = Path(path).expanduser()
-    with contextlib.suppress(OSError, RuntimeError):
-        target = target.resolve()
-    folder = target.parent
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise SolutionWriteError(f"cannot write the solution to {path}: folder {folder} {what}")
-    try:
-        mode = target.stat().st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as exc:
-        raise SolutionWriteError(f"cannot write the solution to {path}: {exc}") from exc
-    if mode is not None and not stat.S_ISREG(mode):
-        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise SolutionWriteError(f"cannot write the solution to {path}: it is {what}")
     text = json.dumps(solution.to_dict(), indent=2)
-    tmp: str | None = None
     try:
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-        # mkstemp makes the file private (0600); keep a replaced file's mode, else rw-r--r--
-        os.chmod(tmp, stat.S_IMODE(mode) if mode is not None else 0o644)
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise SolutionWriteError(f"cannot write the solution to {path}: {reason}") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        atomic_write_text(path, text, what="the solution")
+    except OutputWriteError as exc:
+        raise SolutionWriteError(str(exc)) from exc
 
 
 def load_solution(path: str | Path) -> Solution:
-    """Read a solution file; a missing or malformed file raises :class:`InvalidSolutionError`."""
+    """Read a solution file strictly (:meth:`Solution.from_dict`).
+
+    Raises:
+        InvalidSolutionError: the file is missing, unreadable, not JSON or malformed; the message
+            names the file.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise InvalidSolutionError(f"solution file {str(path)!r} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise InvalidSolutionError(f"solution file {str(path)!r} is a directory") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidSolutionError(f"solution file {str(path)!r} is not valid JSON: {exc}") from exc
-    return Solution.from_dict(data)
+    except RecursionError as exc:
+        raise InvalidSolutionError(f"solution file {str(path)!r} is nested too deeply") from exc
+    try:
+        return Solution.from_dict(data)
+    except InvalidSolutionError as exc:
+        raise InvalidSolutionError(f"solution file {str(path)!r}: {exc}") from exc
 
 
-def _optional_float(value: Any) -> float | None:
-    """A recorded figure, or None when absent; a present one must be a finite number."""
-    if value is None:
-        return None
-    number = float(value)
+_MISSING = object()
+
+
+def _value(data: dict[str, Any], name: str, default: Any) -> Any:
+    value = data.get(name, _MISSING)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise ValueError(f"it lacks {name!r}")
+        return default
+    return value
+
+
+def _integer(data: dict[str, Any], name: str, *, low: int = 0, default: Any = _MISSING) -> int:
+    value = _value(data, name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {_short(value)}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
+def _integers(data: dict[str, Any], name: str, *, low: int = 0) -> list[int]:
+    value = _value(data, name, _MISSING)
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list of integers, got {_short(value)}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or item < low:
+            raise ValueError(f"{name} must be a list of integers >= {low}, got {_short(value)}")
+    return list(value)
+
+
+def _boolean(data: dict[str, Any], name: str) -> bool:
+    value = _value(data, name, _MISSING)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {_short(value)}")
+    return value
+
+
+def _number(data: dict[str, Any], name: str, *, default: Any = _MISSING) -> Any:
+    """A finite number (an int or a float, not a bool) as a float; ``default`` when absent."""
+    value = _value(data, name, default)
+    if value is default and default is not _MISSING:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a finite number")
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return number
+
+
+def _string(data: dict[str, Any], name: str, *, default: Any = _MISSING) -> str:
+    value = _value(data, name, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {_short(value)}")
+    return value
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

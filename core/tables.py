@@ -11,13 +11,14 @@ import csv
 import hashlib
 import io
 import json
-import os
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from core.errors import TableMismatchError
+from core.files import atomic_write_text as atomic_write_text_file
 
 __all__ = [
     "EntryKey",
@@ -36,6 +37,7 @@ __all__ = [
     "MANIFEST_PATH",
     "MANIFEST_FIELDS",
     "file_digest",
+    "META_NUMBERS",
     "read_importance_csv",
     "read_latency_csv",
     "check_tables",
@@ -51,6 +53,29 @@ IMPORTANCE_COLUMNS = (*KEY_COLUMNS, "importance", "delta_acc", "delta_loss")
 MANIFEST_PATH = Path(__file__).resolve().parent.parent / "cached_tables" / "manifest.json"
 # What the manifest says about each shipped table directory (DESIGN.md, "Contracts").
 MANIFEST_FIELDS = ("model", "width", "input_size", "batch", "backend", "device")
+
+
+# The figures meta.json records, and what each must be when present (null: not recorded).
+# "positive" / "non-negative" are finite floats, "count" an integer >= 1, "index" an integer >= 0,
+# "finite" any finite float, "percent" a float in [0, 100].
+META_NUMBERS: dict[str, str] = {
+    "original_table_latency_ms": "positive",
+    "network_latency_ms": "positive",
+    "network_latency_spread_ms": "non-negative",
+    "width": "positive",
+    "batch": "count",
+    "threads": "count",
+    "input_size": "count",
+    "warmup_runs": "index",
+    "min_run_time_s": "non-negative",
+    "latency_entries": "index",
+    "importance_entries": "index",
+    "importance_threads_per_job": "count",
+    "importance_base_accuracy": "percent",
+    "importance_base_loss": "non-negative",
+    "importance_reference_loss": "non-negative",
+    "additivity_error": "finite",
+}
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,64 @@ class Tables:
         return float(sum(e.latency_ms for e in sorted(singles, key=lambda e: e.end)))
 
 
+def _check_meta_numbers(meta: dict[str, Any], path: Path) -> None:
+    """Refuse a figure of :data:`META_NUMBERS` that is not a number of its kind, in one line."""
+    for name, kind in META_NUMBERS.items():
+        value = meta.get(name)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        ok = {
+            "positive": number and math.isfinite(value) and value > 0,
+            "non-negative": number and math.isfinite(value) and value >= 0,
+            "finite": number and math.isfinite(value),
+            "percent": number and math.isfinite(value) and 0 <= value <= 100,
+            "count": integer and value >= 1,
+            "index": integer and value >= 0,
+        }[kind]
+        if not ok:
+            wanted = {
+                "positive": "a finite number > 0",
+                "non-negative": "a finite number >= 0",
+                "finite": "a finite number",
+                "percent": "a number from 0 to 100",
+                "count": "an integer >= 1",
+                "index": "an integer >= 0",
+            }[kind]
+            raise TableMismatchError(
+                f"{path}: {name} must be {wanted}, got {json.dumps(value)[:60]}; the file is "
+                "damaged or was edited by hand: rebuild the tables"
+            )
+    shape = meta.get("input_shape")
+    if shape is not None and not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+    ):
+        raise TableMismatchError(
+            f"{path}: input_shape must be 3 positive integers (C, H, W), got "
+            f"{json.dumps(shape)[:60]}; the file is damaged or was edited by hand"
+        )
+
+
+def _check_digest(directory: Path, meta: dict[str, Any], name: str) -> None:
+    """Refuse a CSV whose content is not the one meta.json recorded (edited since, or a
+    meta.json of another table). Tables written before digests were recorded are read as they
+    are."""
+    recorded = meta.get(f"{name.removesuffix('.csv')}_csv_digest")
+    path = directory / name
+    if recorded is None or not path.is_file():
+        return
+    actual = file_digest(path)
+    if actual != recorded:
+        raise TableMismatchError(
+            f"{path} is not the table {directory / 'meta.json'} records (content digest "
+            f"{actual}, recorded {recorded}): it was edited after it was made, or meta.json "
+            "belongs to another table; rebuild the table, or restore both files"
+        )
+
+
 def _key_from_row(row: dict[str, str], path: Path, line: int) -> tuple[EntryKey, tuple[int, ...]]:
     try:
         depthwise_text = row["depthwise"].strip().lower()
@@ -171,7 +254,10 @@ def read_tables(directory: str | Path, *, require_importance: bool = True) -> Ta
     """Read a table directory and join latency and importance by key.
 
     Raises:
-        TableMismatchError: a file is missing, corrupt, or the two tables disagree on their keys.
+        TableMismatchError: a file is missing or corrupt, a figure in meta.json is not a number
+            of its kind, a CSV is not the one meta.json records (its content digest differs:
+            edited since, or a meta.json of another table), or the two tables disagree on their
+            keys.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -201,6 +287,10 @@ def read_tables(directory: str | Path, *, require_importance: bool = True) -> Ta
                 _float(row, "delta_acc", imp_path, line),
                 _float(row, "delta_loss", imp_path, line),
             )
+    # a damaged file is reported as such first; an intact one must be the one meta.json records
+    _check_digest(directory, meta, "latency.csv")
+    if imp_path.is_file():
+        _check_digest(directory, meta, "importance.csv")
     entries: list[TableEntry] = []
     for key, (kept, lat, spread) in latency.items():
         entry = TableEntry(
@@ -292,15 +382,23 @@ def write_meta(directory: str | Path, meta: dict[str, Any]) -> None:
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
+    """A table directory's meta.json, with every figure it records checked.
+
+    Raises:
+        TableMismatchError: meta.json is missing, not JSON, not an object, or a figure in it is
+            not a number of its kind (see :data:`META_NUMBERS`), e.g. a latency that is text,
+            negative, NaN or infinite.
+    """
     path = Path(directory) / "meta.json"
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise TableMismatchError(f"{path} does not exist: not a table directory") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TableMismatchError(f"{path} is corrupt: {exc}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise TableMismatchError(f"{path} is corrupt: {' '.join(str(exc).split())}") from exc
     if not isinstance(meta, dict):
         raise TableMismatchError(f"{path} must hold a JSON object")
+    _check_meta_numbers(meta, path)
     return meta
 
 
@@ -316,12 +414,14 @@ def tables_digest(directory: str | Path) -> str:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write a table file under the write policy of :mod:`core.files`: atomically, never over a
+    directory or a device, no temporary file left behind; the folder is created when missing
+    (a table directory is the job's own output folder).
+
+    Raises:
+        OutputWriteError: the file cannot be written (a full disk, a read-only folder...).
+    """
+    atomic_write_text_file(path, text, what="table data", create_folder=True)
 
 
 def read_manifest(path: str | Path = MANIFEST_PATH) -> list[dict[str, Any]]:

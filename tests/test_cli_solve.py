@@ -230,7 +230,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     def full_disk(*args: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("core.solution.os.replace", full_disk)
+    monkeypatch.setattr("core.files.os.replace", full_disk)  # the shared write policy
     code, _, err = _cli(
         "solve", "--tables", RESNET, "--budget", "0.6", "--out", str(target), capsys=capsys
     )

@@ -21,7 +21,7 @@ from core.commands.common import add_model_arguments, load, options_of, require_
 from core.families.unet.workflow import FD_SAMPLES, SAMPLES, SAMPLING_REPEATS, SAMPLING_STEPS
 from core.tables import read_meta
 from core.workflows.measure import measure
-from core.workflows.model import load_solution
+from core.workflows.model import load_compressed, load_solution, tables_meta_for
 
 __all__ = ["add_parser", "run", "format_text"]
 
@@ -126,10 +126,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load(args)
     extra = model.family.measure_config(options_of(args, FAMILY_OPTIONS), model.bundle)
     solution = load_solution(model, args.solution)
+    if args.tables:
+        tables_meta_for(model, args.tables, solution)  # refuses tables of another model or chain
     done = measure(
         model,
         solution,
-        compressed=args.compressed,
+        compressed=load_compressed(model, solution, args.compressed) if args.compressed else None,
         baseline=args.baseline,
         backends=_backends(args.backend),
         batch=args.batch,

@@ -12,6 +12,8 @@ import argparse
 from typing import Any
 
 from core.commands.common import add_model_arguments, figure_lines, load
+from core.errors import LayerMergeError
+from core.files import check_output_file
 from core.workflows.compress import compress
 from core.workflows.model import load_data, load_solution
 
@@ -29,7 +31,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_model_arguments(parser)
     parser.add_argument("--solution", required=True, metavar="FILE", help="solution JSON")
     parser.add_argument(
-        "--out", required=True, metavar="FILE", help="compressed checkpoint to write"
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="compressed checkpoint to write, in an existing folder (replaced atomically; a "
+        "directory or a device is never replaced)",
     )
     parser.add_argument(
         "--finetuned",
@@ -55,6 +61,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # a typo in --out or --onnx is refused now, not after the model is loaded and merged
+    out = check_output_file(args.out, what="the compressed checkpoint")
+    if args.onnx and check_output_file(args.onnx, what="the ONNX file") == out:
+        raise LayerMergeError(f"--out and --onnx name the same file ({args.out}); give two files")
     model = load(args)
     solution = load_solution(model, args.solution)
     data = load_data(model, args.data) if args.data else None

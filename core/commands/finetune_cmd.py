@@ -5,7 +5,8 @@ writes its run state to DIR every few steps (running the same command again resu
 DIR holds the finetuned training form for ``compress --finetuned``, and once the loop completes
 ``DIR/compressed.pt`` (the export format) and ``DIR/metrics.json``. A progress bar with the
 family's figures and an ETA goes to stderr. Ctrl-C stops cleanly at the next step with the run
-state saved; a second Ctrl-C interrupts at once.
+state saved, prints the summary (``"status": "cancelled"``) and exits 130, so a script can tell a
+cancelled run from a finished one (exit 0); a second Ctrl-C interrupts at once (also 130).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from core.commands.common import (
 )
 from core.families import FinetuneReport
 from core.families.unet.finetune import UNetFinetuneConfig
+from core.files import check_output_folder
 from core.finetune import FinetuneConfig
 from core.workflows.finetune import finetune
 from core.workflows.model import load_data, load_solution
@@ -69,7 +71,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "write DIR/compressed.pt and DIR/metrics.json. A diffusion UNet trains with Adam on the "
         "ε-prediction loss, keeps its resumable run state in DIR/finetune-state.pt and writes "
         "DIR/finetuned.pt (its training form, for compress --finetuned), DIR/compressed.pt and "
-        "DIR/metrics.json, with the holdout ε-loss before and after.",
+        "DIR/metrics.json, with the holdout ε-loss before and after. Ctrl-C stops cleanly at "
+        "the next step with the run state saved and exits 130 (rerun to resume); a completed "
+        "run exits 0.",
     )
     add_model_arguments(parser)
     parser.add_argument("--solution", required=True, metavar="FILE", help="solution JSON")
@@ -158,6 +162,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     require_positive(args, ["threads"])
+    check_output_folder(args.out)  # a file in the way is refused now, not after the model loads
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load(args)

@@ -12,8 +12,9 @@ from dataclasses import asdict
 from typing import Any
 
 from core.commands.common import add_model_arguments, progress_printer
+from core.files import check_output_folder
 from core.importance import MODES, NORMALIZATIONS
-from core.runner import Runner
+from core.runner import Runner, check_scheduler
 from core.tables import TableEntry
 from core.workflows import tables
 
@@ -92,6 +93,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # refused now, in one line, not after the model and data are loaded
+    runner = Runner(processes=args.jobs, cluster=args.cluster, threads=args.threads)
+    check_output_folder(args.out, what="table directory")
+    if args.cluster:
+        check_scheduler(args.cluster)
     settings = {
         "mode": args.mode,
         "steps": args.steps,
@@ -112,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         input_size=args.input_size,
         out=args.out,
         settings=settings,
-        runner=Runner(processes=args.jobs, cluster=args.cluster, threads=args.threads),
+        runner=runner,
         progress=progress_printer("importance"),
     )
     meta = result.meta

@@ -21,11 +21,10 @@ from typing import Any
 from torch import nn
 
 from core.families import FinetunedWeights
-from core.files import atomic_torch_save, jsonable
+from core.files import OutputFile, atomic_write_all, bytes_writer, jsonable, torch_bytes
 from core.solution import Solution
 from core.workflows.evaluate import stage_metrics
-from core.workflows.model import LoadedModel
-from core.workflows.outputs import written
+from core.workflows.model import LoadedModel, check_finite_figures
 
 __all__ = ["Compression", "compress"]
 
@@ -58,16 +57,21 @@ def compress(
     Args:
         model: the original model (only read).
         solution: the kept activations and convs, valid for ``model.chain``.
-        out: the compressed checkpoint to write (atomically); None writes nothing.
+        out: the compressed checkpoint to write (atomically, in an existing folder; never over
+            a directory or a device); None writes nothing.
         finetuned: a finetune output folder or its training-form file: merge those weights.
         data: the family's data (``core.workflows.model.load_data``): score the original and the
             merged network on the task, under ``metric_names("compress")``.
-        onnx: also export the merged network to ONNX here (checked against ONNX Runtime).
+        onnx: also export the merged network to ONNX here (checked against ONNX Runtime);
+            written together with ``out``: both files, or on a failure neither.
 
     Raises:
         InvalidSolutionError: the solution does not fit the model.
         UnsafeCheckpointError: the finetuned weights are unreadable or unsafe.
-        LayerMergeError: finetuned weights of another model or solution; a file not writable.
+        LayerMergeError: finetuned weights of another model or solution; an original network
+            whose figures on ``data`` are not finite.
+        OutputWriteError: a file not writable (missing folder, a directory in the way, a full
+            disk); the files already there are left as they were.
     """
     family, bundle, traced = model.family, model.bundle, model.traced
     training = family.training_form(bundle.model, traced, solution)
@@ -85,17 +89,25 @@ def compress(
     }
     if data is not None:
         metrics["data"] = data.name
-        metrics.update(stage_metrics(family, "compress", "original", bundle.model, data))
+        original = stage_metrics(family, "compress", "original", bundle.model, data)
+        check_finite_figures(original, what=f"the original {bundle.name} on {data.name}")
+        metrics.update(original)
         metrics.update(stage_metrics(family, "compress", "merged", merged, data))
     metrics["compressed"] = family.network_summary(merged, traced)
     metrics = jsonable(metrics, what="metrics")
-    path = None
+    # the checkpoint and its ONNX are written together: both, or (on a failure) neither
+    outputs = []
     if out is not None:
         checkpoint = family.checkpoint(merged, bundle, traced, solution, metrics=metrics)
-        path = written(lambda: atomic_torch_save(checkpoint, out), out)
-    onnx_path = None
+        serialized = bytes_writer(torch_bytes(checkpoint))  # before any file is touched
+        outputs.append(OutputFile(out, serialized, "the compressed checkpoint"))
     if onnx is not None:
-        onnx_path = written(lambda: family.export_onnx(merged, Path(onnx), traced), onnx)
+        outputs.append(
+            OutputFile(onnx, lambda tmp: family.export_onnx(merged, tmp, traced), "the ONNX file")
+        )
+    written = iter(atomic_write_all(outputs))
+    path = next(written) if out is not None else None
+    onnx_path = next(written) if onnx is not None else None
     return Compression(
         solution=solution,
         training=training.eval(),

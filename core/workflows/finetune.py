@@ -37,10 +37,17 @@ from typing import Any
 from torch import nn
 
 from core.families import FinetuneReport
-from core.files import atomic_torch_save, jsonable
+from core.files import (
+    OutputFile,
+    atomic_write_all,
+    atomic_write_text,
+    bytes_writer,
+    jsonable,
+    torch_bytes,
+)
 from core.solution import Solution
 from core.workflows.evaluate import stage_metrics
-from core.workflows.model import LoadedModel
+from core.workflows.model import LoadedModel, check_finite_figures
 from core.workflows.outputs import output_dir, written
 
 __all__ = ["COMPRESSED_NAME", "ONNX_NAME", "METRICS_NAME", "FinetuneOutcome", "finetune"]
@@ -143,9 +150,11 @@ def finetune(
     def figures(stage: str, network: nn.Module) -> dict[str, float]:
         return stage_metrics(family, "finetune", stage, network, data)
 
+    original = figures("original", bundle.model)
+    check_finite_figures(original, what=f"the original {bundle.name} on {data.name}")
     metrics: dict[str, Any] = {
         "data": data.name,
-        **figures("original", bundle.model),
+        **original,
         **figures("surgery", training),
     }
     run = family.finetune(
@@ -182,13 +191,25 @@ def finetune(
         metrics["original"] = family.network_summary(bundle.model, traced)
         metrics["compressed"] = family.network_summary(merged, traced)
         checkpoint = family.checkpoint(merged, bundle, traced, solution, metrics=jsonable(metrics))
-        target = folder / COMPRESSED_NAME
-        compressed = written(lambda: atomic_torch_save(checkpoint, target), target)
-        if onnx:
-            target_onnx = folder / ONNX_NAME
-            onnx_path = written(
-                lambda: family.export_onnx(merged, target_onnx, traced), target_onnx
+        network = merged
+        outputs = [
+            OutputFile(
+                folder / COMPRESSED_NAME,
+                bytes_writer(torch_bytes(checkpoint)),
+                "the compressed checkpoint",
             )
+        ]
+        if onnx:
+            outputs.append(
+                OutputFile(
+                    folder / ONNX_NAME,
+                    lambda tmp: family.export_onnx(network, tmp, traced),
+                    "the ONNX file",
+                )
+            )
+        paths = atomic_write_all(outputs)  # both, or (on a failure) neither
+        compressed = paths[0]
+        onnx_path = paths[1] if onnx else None
     outcome = FinetuneOutcome(
         model=bundle.name,
         weights=bundle.weights_note,
@@ -212,7 +233,6 @@ def finetune(
         merged=merged,
         fields=family.result_fields(),
     )
-    target = folder / METRICS_NAME
     text = json.dumps(outcome.summary(), indent=2, default=str)
-    written(lambda: target.write_text(text), target)
+    atomic_write_text(folder / METRICS_NAME, text, what="the finetune metrics")
     return outcome

@@ -27,6 +27,7 @@ from core.errors import LayerMergeError
 from core.families import ModelFamily, TableNotes, family_for
 from core.importance import estimate_importance
 from core.latency import LatencyConfig, measure_latency
+from core.models import check_finite_weights
 from core.runner import ProgressCallback, Runner
 from core.speed import table_warning
 from core.tables import TableEntry
@@ -111,6 +112,7 @@ def load_traced(
     family = family_for(model)
     with _one_line(f"cannot build {model}"):
         bundle = family.load(model, weights=weights, width=width, input_size=input_size)
+    check_finite_weights(bundle.model, source=bundle.weights_note)  # no table of NaNs
     with _one_line(f"cannot trace {model} at its input size"):
         traced = family.trace(bundle)
     return family, bundle, traced

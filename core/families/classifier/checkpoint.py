@@ -29,7 +29,7 @@ from torch import nn
 
 from core.chain import ACTIVATION_KINDS
 from core.errors import LayerMergeError, UnsafeCheckpointError
-from core.files import jsonable, library_versions, read_untrusted_checkpoint
+from core.files import check_tensors, jsonable, library_versions, read_untrusted_checkpoint
 from core.network import NETWORK_SPEC_VERSIONS, ZERO_PAD_SPEC_VERSION, StepNetwork
 from core.solution import Solution
 
@@ -276,7 +276,8 @@ def check_network_state(
     The spec is built on the meta device (nothing allocated) to learn the expected tensors.
 
     Raises:
-        UnsafeCheckpointError: the spec is invalid, or tensors are missing, extra or misshapen.
+        UnsafeCheckpointError: the spec is invalid, or tensors are missing, extra, misshapen or
+            not finite.
     """
     validate_network_spec(spec, name=name)
     try:
@@ -286,7 +287,7 @@ def check_network_state(
         raise
     except (TypeError, ValueError, KeyError, RuntimeError) as exc:
         raise UnsafeCheckpointError(f"{name}: the network spec cannot be built: {exc}") from exc
-    _check_tensors(skeleton.state_dict(), state_dict, name)
+    check_tensors(skeleton.state_dict(), state_dict, name)
 
 
 def network_metrics(network: nn.Module) -> dict[str, int]:
@@ -331,35 +332,6 @@ def validate_checkpoint(loaded: Any, name: str) -> None:
                 f"{name}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor"
             )
     check_network_state(loaded["spec"], state, name=name)
-
-
-def _check_tensors(
-    expected: Mapping[str, torch.Tensor], given: Mapping[str, Any], name: str
-) -> None:
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(
-                f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"
-            )
-        raise UnsafeCheckpointError(
-            f"{name}: state_dict does not match the spec: {'; '.join(parts)}"
-        )
-    for key, tensor in expected.items():
-        value = given[key]
-        if not isinstance(value, torch.Tensor):
-            raise UnsafeCheckpointError(f"{name}: {key!r} is not a tensor")
-        if tuple(value.shape) != tuple(tensor.shape):
-            raise UnsafeCheckpointError(
-                f"{name}: {key!r} has shape {tuple(value.shape)}, the spec says "
-                f"{tuple(tensor.shape)}"
-            )
-        if value.is_floating_point() != tensor.is_floating_point():
-            raise UnsafeCheckpointError(f"{name}: {key!r} has dtype {value.dtype}")
 
 
 def _check_conv(step: dict[str, Any], where: str, names: set[str]) -> None:

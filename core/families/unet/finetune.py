@@ -38,9 +38,8 @@ from torch import nn
 from core.errors import DataError, LayerMergeError, UnsafeCheckpointError
 from core.families.unet.data import DiffusionData
 from core.families.unet.loss import epsilon_loss, make_train_scheduler, training_loss
-from core.files import atomic_torch_save
+from core.files import atomic_torch_save, read_untrusted_checkpoint
 from core.finetune import FinetuneConfigError, resolve_device
-from core.safe_load import safe_torch_load
 
 __all__ = [
     "UNetFinetuneConfig",
@@ -54,6 +53,7 @@ __all__ = [
 HOLDOUT_SEED = 0  # epsilon_loss's seed for every holdout evaluation: comparable across runs
 _STATS_WINDOW = 20  # steps the reported training loss is averaged over
 RUN_STATE_FORMAT = "layermerge-unet-finetune-state"
+RUN_STATE_VERSION = 1  # states written before the field are version 1
 _NOISE_STREAM = 1_000_003  # offsets the noise generator's seed from the data order's
 DEFAULT_CHECKPOINT_EVERY = 50  # steps between run-state checkpoints
 
@@ -238,6 +238,7 @@ def finetune_unet(
     Raises:
         FinetuneConfigError: ``config`` is not a :class:`UNetFinetuneConfig`, or the run state
             was written with other options or for another network.
+        UnsafeCheckpointError: the run state is unreadable, unsafe, damaged or malformed.
         DataError: the train or holdout split is empty.
         LayerMergeError: the UNet has no trainable parameters.
     """
@@ -273,15 +274,20 @@ def finetune_unet(
     step, status = 0, "completed"
     count = len(data.train)
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.is_file():
-        state = _read_run_state(path, unet, config)
-        unet.load_state_dict(state["unet"])
-        optimizer.load_state_dict(state["optimizer"])
+    if path is not None and path.exists():
+        state = _read_run_state(path, unet, config, count=count)
+        where = f"finetune state {path}"
+        try:
+            unet.load_state_dict(state["unet"], strict=True)
+            optimizer.load_state_dict(state["optimizer"])
+            order_generator.set_state(state["order_generator"])
+            noise_generator.set_state(state["noise_generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            message = " ".join(str(exc).split())[:200]
+            raise UnsafeCheckpointError(f"{where} does not fit this run: {message}") from exc
         if ema is not None:
-            ema.shadow = dict(state["ema"])
+            ema.shadow = {k: v.clone() for k, v in state["ema"].items()}
             ema.updates = int(state["ema_updates"])
-        order_generator.set_state(state["order_generator"])
-        noise_generator.set_state(state["noise_generator"])
         order = state["order"]
         step = int(state["step"])
         window.extend(float(v) for v in state["window"])
@@ -296,6 +302,7 @@ def finetune_unet(
             return
         run_state = {
             "format": RUN_STATE_FORMAT,
+            "format_version": RUN_STATE_VERSION,
             "config": asdict(config),
             "parameters": sorted(unet.state_dict()),
             "unet": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
@@ -357,19 +364,19 @@ def finetune_unet(
         ema.copy_to(unet)
     unet.eval()
     holdout_after = epsilon_loss(unet, data.holdout, seed=HOLDOUT_SEED)
+    last_loss = history[-1].train_loss if history else math.nan
+    progress_fields = {"step": step, "total_steps": config.steps, "resumed_from": resumed_from}
     return UNetFinetuneResult(
         network=unet,
         status=status,
-        step=step,
-        total_steps=config.steps,
-        resumed_from=resumed_from,
-        loss=history[-1].train_loss if history else math.nan,
+        loss=last_loss,
         elapsed_s=time.perf_counter() - started,
         device=str(device),
         checkpoint_path=path,
         history=history,
         holdout_loss_before=holdout_before,
         holdout_loss_after=holdout_after,
+        **progress_fields,
     )
 
 
@@ -381,20 +388,175 @@ def _history_entry(report: UNetFinetuneProgress) -> dict[str, Any]:
     return entry
 
 
-def _read_run_state(path: Path, unet: nn.Module, config: UNetFinetuneConfig) -> dict[str, Any]:
-    """A run state written by :func:`finetune_unet` for this network and config, read safely."""
-    with path.open("rb") as handle:
-        state = safe_torch_load(handle, f"finetune state {path}")
+def _read_run_state(
+    path: Path, unet: nn.Module, config: UNetFinetuneConfig, *, count: int
+) -> dict[str, Any]:
+    """A run state written by :func:`finetune_unet` for this network, config and data, read
+    safely and validated as strictly as a classifier's finetune checkpoint
+    (``core.finetune.load_finetune_checkpoint``): every field's type, every tensor's shape and
+    dtype against this network, finite weights, step counts in range, the data order's indices
+    within the training split.
+
+    Args:
+        path: the run state file.
+        unet: the network being finetuned (its parameters' names and shapes).
+        config: this run's options (the state's must be the same).
+        count: the size of the training split (the data order indexes it).
+
+    Raises:
+        UnsafeCheckpointError: unreadable, unsafe, damaged, or malformed (names the field).
+        FinetuneConfigError: written with other options or for another network.
+    """
+    state, _ = read_untrusted_checkpoint(path)
+    name = f"finetune state {path}"
     if not isinstance(state, dict) or state.get("format") != RUN_STATE_FORMAT:
         raise UnsafeCheckpointError(f"{path} is not a UNet finetune state")
-    if state.get("config") != asdict(config):
+    version = state.get("format_version", RUN_STATE_VERSION)
+    if version != RUN_STATE_VERSION or isinstance(version, bool):
+        raise UnsafeCheckpointError(
+            f"{name}: version {version!r} is not supported (this version reads {RUN_STATE_VERSION})"
+        )
+    missing = [key for key in _RUN_STATE_KEYS if key not in state]
+    if missing:
+        raise UnsafeCheckpointError(f"{name} lacks {', '.join(missing)}")
+    if state["config"] != asdict(config):
         raise FinetuneConfigError(
             f"{path} was written with other finetune options ({state.get('config')}); use the "
             "same options to resume, or another checkpoint file"
         )
-    if state.get("parameters") != sorted(unet.state_dict()):
+    expected = unet.state_dict()
+    if state["parameters"] != sorted(expected):
         raise FinetuneConfigError(f"{path} was written for another network")
+    _check_tensors(state["unet"], expected, f"{name}: unet")
+    if config.ema_decay is None:
+        if state["ema"] != {} or state["ema_updates"] != 0:
+            raise UnsafeCheckpointError(f"{name}: holds an EMA, but this run keeps none")
+    else:
+        floating = {k: v for k, v in expected.items() if v.is_floating_point()}
+        _check_tensors(state["ema"], floating, f"{name}: ema")
+        _require(_int(state["ema_updates"]) and state["ema_updates"] >= 0, name, "ema_updates")
+    _check_optimizer(state["optimizer"], unet, name)
+    for key in ("order_generator", "noise_generator"):
+        value = state[key]
+        ok = isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+        _require(ok, name, key)
+    order = state["order"]
+    _require(
+        isinstance(order, torch.Tensor)
+        and order.dtype == torch.long
+        and order.dim() == 1
+        and len(order) <= 2 * count + config.batch_size
+        and (len(order) == 0 or (int(order.min()) >= 0 and int(order.max()) < count)),
+        name,
+        "order",
+        f"indices of the {count} training images",
+    )
+    step = state["step"]
+    _require(_int(step) and 0 <= step <= config.steps, name, "step", f"0..{config.steps}")
+    window = state["window"]
+    _require(
+        isinstance(window, list)
+        and len(window) <= _STATS_WINDOW
+        and all(_number(v) for v in window),
+        name,
+        "window",
+    )
+    history = state["history"]
+    _require(
+        isinstance(history, list)
+        and len(history) == step
+        and all(_valid_history(h, i + 1, config.steps) for i, h in enumerate(history)),
+        name,
+        "history",
+        "one report per step done",
+    )
+    _require(_number(state["holdout_before"]), name, "holdout_before", "a finite number")
     return state
+
+
+_RUN_STATE_KEYS = (
+    "config",
+    "parameters",
+    "unet",
+    "optimizer",
+    "ema",
+    "ema_updates",
+    "order_generator",
+    "noise_generator",
+    "order",
+    "step",
+    "window",
+    "history",
+    "holdout_before",
+)
+_HISTORY_KEYS = frozenset({"step", "steps", "train_loss", "holdout_loss", "elapsed_s"})
+
+
+def _require(ok: bool, name: str, field: str, wanted: str = "") -> None:
+    if not ok:
+        detail = f" (expected {wanted})" if wanted else ""
+        raise UnsafeCheckpointError(f"{name}: {field!r} is malformed{detail}")
+
+
+def _check_tensors(given: Any, expected: dict[str, torch.Tensor], name: str) -> None:
+    """``given`` holds exactly ``expected``'s names, with their shapes and dtypes, all finite."""
+    if not isinstance(given, dict) or set(given) != set(expected):
+        raise UnsafeCheckpointError(f"{name} does not hold this network's tensors")
+    for key, reference in expected.items():
+        value = given[key]
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.shape != reference.shape
+            or value.dtype != reference.dtype
+        ):
+            raise UnsafeCheckpointError(f"{name}: {key!r} does not fit this network")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UnsafeCheckpointError(
+                f"{name}: {key!r} holds NaN or infinity (a diverged or damaged run); start afresh"
+            )
+
+
+def _check_optimizer(saved: Any, unet: nn.Module, name: str) -> None:
+    """Adam's state: one entry per trainable parameter, moments of its shape, finite."""
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    entries = saved.get("state") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not isinstance(entries, dict) or len(groups) != 1:
+        raise UnsafeCheckpointError(f"{name}: 'optimizer' is not this run's Adam state")
+    indices = groups[0].get("params") if isinstance(groups[0], dict) else None
+    if indices != list(range(len(parameters))):
+        raise UnsafeCheckpointError(f"{name}: 'optimizer' is for another set of parameters")
+    for index, entry in entries.items():
+        if not _int(index) or not 0 <= index < len(parameters) or not isinstance(entry, dict):
+            raise UnsafeCheckpointError(f"{name}: 'optimizer' holds a malformed entry")
+        shape = parameters[index].shape
+        for key in ("exp_avg", "exp_avg_sq"):
+            value = entry.get(key)
+            if not isinstance(value, torch.Tensor) or value.shape != shape:
+                raise UnsafeCheckpointError(f"{name}: optimizer {key} of parameter {index}")
+            if not bool(torch.isfinite(value).all()):
+                raise UnsafeCheckpointError(
+                    f"{name}: optimizer {key} of parameter {index} holds NaN or infinity"
+                )
+        step = entry.get("step")
+        if not (isinstance(step, torch.Tensor) and step.numel() == 1) and not _number(step):
+            raise UnsafeCheckpointError(f"{name}: optimizer step of parameter {index}")
+
+
+def _valid_history(entry: Any, step: int, steps: int) -> bool:
+    if not isinstance(entry, dict) or set(entry) != _HISTORY_KEYS:
+        return False
+    holdout = entry["holdout_loss"]
+    return (
+        entry["step"] == step
+        and _int(entry["step"])
+        and entry["steps"] == steps
+        and _int(entry["steps"])
+        and _number(entry["train_loss"])
+        and (holdout is None or _number(holdout))
+        and _number(entry["elapsed_s"])
+        and entry["elapsed_s"] >= 0
+    )
 
 
 def unet_learning_rate_at(step: int, config: UNetFinetuneConfig) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.errors import LayerMergeError
+from core.onnx_export import check_onnx, onnx_bytes
 
 __all__ = ["ONNX_TOLERANCE", "MERGE_CHECK_TIMESTEPS", "export_unet_onnx", "merge_error"]
 
@@ -42,53 +42,19 @@ def export_unet_onnx(unet: nn.Module, path: str | Path, input_shape: tuple[int, 
             :data:`ONNX_TOLERANCE` (relative).
     """
     import copy
-    import io
     import os
-    import warnings
-
-    import onnxruntime as ort
 
     path = Path(path)
     module = _SampleTimestep(copy.deepcopy(unet).cpu().eval()).eval()
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn((2, *tuple(input_shape)), generator=generator)
     timestep = torch.tensor(MERGE_CHECK_TIMESTEPS, dtype=torch.long)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                module,
-                (sample, timestep),
-                buffer,
-                dynamo=False,
-                input_names=["sample", "timestep"],
-                output_names=["noise"],
-                opset_version=17,
-                dynamic_axes={
-                    "sample": {0: "batch"},
-                    "timestep": {0: "batch"},
-                    "noise": {0: "batch"},
-                },
-            )
-        except Exception as exc:  # the exporter raises many types
-            raise LayerMergeError(
-                f"cannot export the UNet to ONNX: {type(exc).__name__}: {exc}"
-            ) from exc
-    data = buffer.getvalue()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    data = onnx_bytes(
+        module, {"sample": sample, "timestep": timestep}, ["noise"], dynamic_batch=True, opset=17
+    )
     check = torch.randn((3, *tuple(input_shape)), generator=generator)
     steps = torch.tensor([0, 250, 999], dtype=torch.long)
-    got = session.run(None, {"sample": check.numpy(), "timestep": steps.numpy()})[0]
-    with torch.no_grad():
-        expected = module(check, steps)
-    error = float(
-        (expected - torch.from_numpy(got)).abs().max() / expected.abs().max().clamp_min(1e-12)
-    )
-    if not error <= ONNX_TOLERANCE:
-        raise LayerMergeError(
-            f"ONNX Runtime differs from torch by {error:.1e} (relative) on the exported UNet"
-        )
+    check_onnx(data, module, {"sample": check, "timestep": steps}, ONNX_TOLERANCE)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

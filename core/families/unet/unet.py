@@ -88,11 +88,11 @@ class UNetBundle:
 
     @property
     def weights_note(self) -> str:
-        if self.weights_source == "seeded":
-            return f"{self.name} has seeded initial weights (seed {INIT_SEED}): samples are noise"
-        if self.weights_source == "shipped":
-            return f"{self.name} uses its shipped trained weights ({self.weights_path})"
-        return f"{self.name} uses weights from {self.weights_path}"
+        notes = {
+            "seeded": f"{self.name} has seeded initial weights (seed {INIT_SEED}): samples are noise",
+            "shipped": f"{self.name} uses its shipped trained weights ({self.weights_path})",
+        }
+        return notes.get(self.weights_source, f"{self.name} uses weights from {self.weights_path}")
 
 
 def is_unet_name(name: str) -> bool:
