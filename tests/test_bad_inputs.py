@@ -168,7 +168,7 @@ def test_compress_on_a_full_disk_replaces_neither_file(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with monkeypatch.context() as patch:
-        patch.setattr("core.onnx_export._onnx_export", onnx_full)
+        patch.setattr("core.onnx_export.onnx_bytes", onnx_full)
         code, _, err = _cli(capsys, *argv)
     line = _one_line_error(code, err)
     assert "No space left on device" in line and "ONNX" in line

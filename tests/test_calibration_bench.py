@@ -107,15 +107,13 @@ def test_frontier_points_are_spread_deduplicated_and_never_the_original(
         assert not bench.is_unchanged(row.solution)
         assert row.digest == bench.solution_digest(row.solution)
         assert row.budget == pytest.approx(row.latency_ms / resnet_tables.original_latency_ms)
-    # depth's only frontier point on digits_resnet is the original itself: nothing to measure
-    assert ("additive", "depth") not in by_pair and ("paper", "depth") not in by_pair
     for (objective, method), rows in by_pair.items():
-        assert len(rows) == 4
         points = [
             p
             for p in bench.frontier(resnet_tables, method=method, objective=objective)
             if not bench.is_unchanged(p.solution())
         ]
+        assert len(rows) == min(4, len(points))  # a frontier of the original alone plans nothing
         latencies = [row.latency_ms for row in rows]
         assert latencies == sorted(latencies)
         assert latencies[0] == pytest.approx(min(p.latency_ms for p in points))

@@ -125,13 +125,16 @@ def details(solution: Solution, chain: Chain, rows: pd.DataFrame) -> None:
     ``rows`` are the merged layers as the model's panel lists them.
     """
     positions = range(1, chain.last_position + 1)
-    removed = [p for p in positions if p not in solution.kept_activations]
-    kept = [p for p in positions if p in solution.kept_activations]
+    had = [p for p in positions if chain.activations[p] is not None]  # linear positions had none
+    removed = [p for p in had if p not in solution.kept_activations]
+    kept = [p for p in had if p in solution.kept_activations]
+    linear = [p for p in positions if chain.activations[p] is None]
     pruned = [c for c in positions if c not in solution.kept_convs]
     st.markdown(
         f"**{solution.method}** · {len(solution.segments)} segments · "
         f"kept activations after positions {_listing(kept)} · "
         f"removed activations at {_listing(removed)} · pruned convs {_listing(pruned)}"
+        + (f" · no activation in the original at {_listing(linear)}" if linear else "")
     )
     picture = _chain_picture(state.choice().key, state.solution_key(solution), chain, solution)
     st.plotly_chart(picture, key="solution_chain")
