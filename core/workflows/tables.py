@@ -157,19 +157,7 @@ def profile(
         remeasure_unreliable=remeasure_unreliable,
     )
     return LatencyResult(
-        model=bundle.name,
-        family=family.name,
-        notes=family.table_notes,
-        weights_note=bundle.weights_note,
-        out=None if out is None else str(out),
-        entries=table.entries,
-        meta=table.meta,
-        computed=table.computed,
-        cached=table.cached,
-        measured_geometries=table.measured_geometries,
-        seconds=table.seconds,
-        complete=table.complete,
-        cancelled=table.cancelled,
+        **_common_fields(family, bundle, out, table), measured_geometries=table.measured_geometries
     )
 
 
@@ -221,20 +209,26 @@ def importance(
         cancel=cancel,
     )
     return ImportanceResult(
-        model=bundle.name,
-        family=family.name,
-        notes=family.table_notes,
-        weights_note=bundle.weights_note,
-        out=None if out is None else str(out),
-        entries=table.entries,
-        meta=table.meta,
-        computed=table.computed,
-        cached=table.cached,
-        networks_trained=table.networks_trained,
-        seconds=table.seconds,
-        complete=table.complete,
-        cancelled=table.cancelled,
+        **_common_fields(family, bundle, out, table), networks_trained=table.networks_trained
     )
+
+
+def _common_fields(family: Any, bundle: Any, out: str | Path | None, table: Any) -> dict[str, Any]:
+    """What a latency and an importance result both say: the model, its family, the table."""
+    return {
+        "model": bundle.name,
+        "family": family.name,
+        "notes": family.table_notes,
+        "weights_note": bundle.weights_note,
+        "out": None if out is None else str(out),
+        "entries": table.entries,
+        "meta": table.meta,
+        "computed": table.computed,
+        "cached": table.cached,
+        "seconds": table.seconds,
+        "complete": table.complete,
+        "cancelled": table.cancelled,
+    }
 
 
 @contextlib.contextmanager
