@@ -116,3 +116,23 @@ class ResNet20(nn.Module):
 
 def resnet20() -> nn.Module:
     return ResNet20()
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:  # noqa: ANN001  (pytest's capsys)
+    """(exit code, stdout, stderr) of ``python -m core ARGS``, run in this process."""
+    from core.__main__ import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(code: int, err: str) -> str:
+    """The single stderr line of a bad-input exit (code 2, no traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

@@ -28,13 +28,13 @@ import pytest
 import torch
 
 from core import dp
-from core.__main__ import main
 from core.errors import EXIT_INTERRUPTED, InvalidSolutionError, UnsafeCheckpointError
 from core.models import load_state_dict_bytes
 from core.solution import load_solution, save_solution
 from core.tables import read_tables
 from core.workflows.compress import compress
 from core.workflows.model import load_model
+from tests.helpers import one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ROOT / "cached_tables"
@@ -50,22 +50,13 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``python -m core ARGS``, run in this process."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse's usage errors
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+_cli = run_cli
 
 
 def _one_line_error(code: int, err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    line = one_line_error(code, err)
+    assert line.startswith("error: ")
+    return line
 
 
 def _last_line_error(code: int, err: str) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from core import dp
-from core.__main__ import main
 from core.solution import Solution, load_solution
 from core.tables import read_tables
+from tests.helpers import one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [
@@ -31,20 +31,10 @@ METHODS = ("layermerge", "depth", "layer")
 
 
 def _cli(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``python -m core ARGS``, run in this process."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse's usage errors
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, *args)
 
 
-def _one_line_error(code: int, err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+_one_line_error = one_line_error
 
 
 # ---------------------------------------------------------------------------------------------

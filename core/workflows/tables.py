@@ -32,18 +32,21 @@ from core.runner import ProgressCallback, Runner
 from core.speed import table_warning
 from core.tables import TableEntry
 
-__all__ = ["LatencyResult", "ImportanceResult", "load_traced", "profile", "importance"]
+__all__ = [
+    "TableResult",
+    "LatencyResult",
+    "ImportanceResult",
+    "load_traced",
+    "profile",
+    "importance",
+]
 
 Weights = str | Path | Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
-class LatencyResult:
-    """A latency table and what the run did (see :class:`core.latency.LatencyTable`).
-
-    ``meta`` is the table directory's meta.json after the run (the run's own when ``out`` is
-    None); ``complete`` is False when the run was cancelled (no table written).
-    """
+class TableResult:
+    """What a latency and an importance run both report: the model, its family, the table."""
 
     model: str
     family: str
@@ -54,10 +57,20 @@ class LatencyResult:
     meta: dict[str, Any]
     computed: int
     cached: int
-    measured_geometries: int
     seconds: float
     complete: bool
     cancelled: bool
+
+
+@dataclass(frozen=True)
+class LatencyResult(TableResult):
+    """A latency table and what the run did (see :class:`core.latency.LatencyTable`).
+
+    ``meta`` is the table directory's meta.json after the run (the run's own when ``out`` is
+    None); ``complete`` is False when the run was cancelled (no table written).
+    """
+
+    measured_geometries: int
 
     @property
     def warning(self) -> str | None:
@@ -75,22 +88,10 @@ class LatencyResult:
 
 
 @dataclass(frozen=True)
-class ImportanceResult:
+class ImportanceResult(TableResult):
     """An importance table and what the run did (see :class:`core.importance.ImportanceTable`)."""
 
-    model: str
-    family: str
-    notes: TableNotes
-    weights_note: str
-    out: str | None
-    entries: tuple[TableEntry, ...]
-    meta: dict[str, Any]
-    computed: int
-    cached: int
     networks_trained: int
-    seconds: float
-    complete: bool
-    cancelled: bool
 
     def least_important(self, count: int = 5) -> tuple[TableEntry, ...]:
         return tuple(sorted(self.entries, key=lambda e: e.importance)[:count])
