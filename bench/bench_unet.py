@@ -165,11 +165,12 @@ def main() -> int:
                 "budget": budget,
                 "method": method,
                 # the table covers 50% of a UNet step (attention, norm1, skips are not in it):
-                # predicted on the whole step, the rest assumed unchanged (core.benchmark)
+                # predicted on the whole step by the one speed model (core.speed)
                 "predicted_speedup": predicted_speedup(
                     solution.latency_ms,
                     tables.original_latency_ms,
-                    network_latency_ms=tables.meta.get("network_latency_ms"),
+                    solution=solution,
+                    meta=tables.meta,
                 ),
                 "predicted_table_ratio": tables.original_latency_ms / solution.latency_ms,
                 "merged_blocks": sum(

@@ -210,7 +210,6 @@ def plan_frontier_points(
     same solution may appear under several (objective, method) pairs; measure each digest once.
     """
     original_ms = tables.original_latency_ms
-    network_ms = _network_ms(tables)
     planned: list[Planned] = []
     for objective in objectives:
         for method in methods:
@@ -220,7 +219,7 @@ def plan_frontier_points(
             solutions = [s for s in solutions if not is_unchanged(s)]
             for index in spread([s.latency_ms for s in solutions], points) if solutions else []:
                 solution = solutions[index]
-                planned.append(_planned(solution, objective, method, original_ms, network_ms))
+                planned.append(_planned(solution, objective, method, original_ms, tables.meta))
     return planned
 
 
@@ -233,7 +232,6 @@ def plan_budgets(
 ) -> list[Planned | dict[str, Any]]:
     """Each method's solution at each budget (a dict naming it for an infeasible budget)."""
     original_ms = tables.original_latency_ms
-    network_ms = _network_ms(tables)
     planned: list[Planned | dict[str, Any]] = []
     for budget in budgets:
         for method in methods:
@@ -242,7 +240,7 @@ def plan_budgets(
             except InfeasibleBudgetError as exc:
                 planned.append({"method": method, "budget": budget, "infeasible": str(exc)})
                 continue
-            row = _planned(solution, objective, method, original_ms, network_ms)
+            row = _planned(solution, objective, method, original_ms, tables.meta)
             planned.append(
                 Planned(**{**row.__dict__, "budget": budget})  # the budget asked for
             )
@@ -375,7 +373,11 @@ def _point(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _planned(
-    solution: Solution, objective: str, method: str, original_ms: float, network_ms: float | None
+    solution: Solution,
+    objective: str,
+    method: str,
+    original_ms: float,
+    meta: Mapping[str, Any],
 ) -> Planned:
     return Planned(
         objective=objective,
@@ -384,16 +386,11 @@ def _planned(
         latency_ms=solution.latency_ms,
         predicted=solution.predicted,
         predicted_speedup=predicted_speedup(
-            solution.latency_ms, original_ms, network_latency_ms=network_ms
+            solution.latency_ms, original_ms, solution=solution, meta=meta
         ),
         digest=solution_digest(solution),
         solution=solution,
     )
-
-
-def _network_ms(tables: Tables) -> float | None:
-    value = tables.meta.get("network_latency_ms")
-    return float(value) if value else None
 
 
 def _finite(value: Any) -> float | None:

@@ -77,7 +77,7 @@ if view.value_kind == "predicted":  # measurements share the axis only with pred
 chart = figures.frontier_figure(
     view,
     method=method,
-    current=(view.speedup(current.latency_ms), view.value_of(current)) if current else None,
+    current=(view.speedup_of(current), view.value_of(current)) if current else None,
     budget=(view.speedup(budget), f"budget {percent}%"),
     measured=shown,
 )

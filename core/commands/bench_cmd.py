@@ -204,6 +204,9 @@ def format_text(result: dict[str, Any]) -> str:
                     f", {predicted['residual_change_ms']:+.3f} ms residual adds, "
                     f"{predicted['activation_change_ms']:+.3f} ms activations"
                 )
+            scale = predicted.get("overhead_scale") or 1.0
+            if scale != 1.0:
+                how += f", changes ×{scale:.3f} (what the table does not see, per its ms)"
             how += f" -> {predicted['predicted_ms']:.3f} ms"
         else:
             how = (

@@ -45,7 +45,7 @@ def headline(
     """
     quality = view.quality
     speed = measured.speed_of(current, panel)
-    predicted_speedup = view.speedup(current.latency_ms)
+    predicted_speedup = view.speedup_of(current)
     depth = merged_depth(current)
     cols = st.columns(3)
     cols[0].metric(

@@ -1,7 +1,7 @@
 """The three methods' frontiers as the Budget page draws them, computed once per table content.
 
-x is the predicted speed-up of the whole network (``core.benchmark.predicted_speedup``, the one
-speed model of DESIGN.md), y the predicted quality: the original's measured value plus the
+x is the predicted speed-up of the whole network (``core.speed.predict_speed`` on each point's
+solution, the one speed model of DESIGN.md), y the predicted quality: the original's measured value plus the
 solution's ΣΔ (accuracy for a classifier, ε-loss for a diffusion UNet), one scale for every
 method. Where the tables record no original value, y is ΣΔ itself, and where they record no Δ at
 all, the objective (the chart then says so). The slider reads each method's lowest feasible
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from core.benchmark import predicted_speedup
 from core.dp import FrontierPoint, list_methods
 from core.families import family_for
 from core.solution import Solution
+from core.speed import overhead_scale, predict_speed, speedup_from_totals
 from pages._shared import state
 from pages._shared.figures import TOP_METHOD
 from pages._shared.tables_in_use import TablesInUse, budget_ms, frontiers
@@ -64,6 +64,7 @@ class FrontierView:
     curves: dict[str, Curve]  # in list_methods() order
     original_ms: float  # the keep-everything table sum (the base of budget percentages)
     network_ms: float | None  # the whole original network, measured (meta.json)
+    meta: dict  # the tables' meta.json: what the speed model reads
     quality: str  # the family's quality figure: "accuracy", "ε-loss"
     higher_is_better: bool
     value_kind: str  # "predicted" (original + ΣΔ), "delta" (ΣΔ only) or "objective"
@@ -100,8 +101,15 @@ class FrontierView:
         return min(min(lowest, default=99), 99)  # a slider needs min < max (100)
 
     def speedup(self, latency_ms: float) -> float:
-        """The predicted speed-up of a solution whose table latency is ``latency_ms``."""
-        return predicted_speedup(latency_ms, self.original_ms, network_latency_ms=self.network_ms)
+        """The predicted speed-up at a table latency with no solution behind it (a budget line):
+        the speed model from sums, without the structure a solution would change."""
+        return speedup_from_totals(
+            latency_ms, self.original_ms, self.network_ms, overhead_scale(self.meta)
+        )
+
+    def speedup_of(self, solution: Solution) -> float:
+        """The predicted speed-up of ``solution``'s whole network (``core.speed``)."""
+        return predict_speed(self.meta, solution).speedup
 
     def value_of(self, solution: Solution) -> float:
         """The y value of ``solution`` (its predicted quality, as the curves show it)."""
@@ -159,6 +167,7 @@ def _view(key: str, quality: str, higher_is_better: bool, _used: TablesInUse) ->
         curves={},
         original_ms=_used.original_ms,
         network_ms=network_ms,
+        meta=dict(meta),
         quality=quality,
         higher_is_better=higher_is_better,
         value_kind=kind,
@@ -181,7 +190,7 @@ def _curve(
         method=method,
         points=tuple(points),
         latency_ms=latency,
-        speedup=np.array([view.speedup(ms) for ms in latency], dtype=float),
+        speedup=np.array([view.speedup_of(p.solution()) for p in points], dtype=float),
         value=value,
         lowest_percent=lowest_percent(float(latency[0]), used) if len(points) else None,
     )

@@ -42,7 +42,7 @@ def measure_classifier(solution: Solution, used: TablesInUse) -> dict[str, Any]:
         "merged_ms": result.compressed_ms,
         "measured_speedup": result.speedup,
         "predicted_speedup": predicted_speedup(
-            solution.latency_ms, used.original_ms, network_latency_ms=network_ms
+            solution.latency_ms, used.original_ms, solution=solution, meta=used.tables.meta
         ),
         "original_depth": len(traced.convs),
         "merged_depth": merged.depth(),
@@ -67,7 +67,7 @@ def measure_unet(solution: Solution, used: TablesInUse) -> dict[str, Any]:
         rounds=7,
     )
     speedup = predicted_speedup(
-        solution.latency_ms, used.original_ms, network_latency_ms=network_ms
+        solution.latency_ms, used.original_ms, solution=solution, meta=used.tables.meta
     )
     return {
         "original_ms": result.original_ms,

@@ -137,7 +137,7 @@ def _point(
 ) -> Measured:
     speed = speed_of(solution, panel)
     measured = _number(speed.get("measured_speedup")) if speed else None
-    speedup = measured if measured is not None else view.speedup(solution.latency_ms)
+    speedup = measured if measured is not None else view.speedup_of(solution)
     return Measured(
         solution.method, stage, float(value), speedup, measured is not None,
         solution.predicted, SESSION,

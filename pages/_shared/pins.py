@@ -37,7 +37,7 @@ class Pin:
     solution: Solution
 
     def label(self, view: FrontierView, number: int) -> str:
-        speedup = view.speedup(self.solution.latency_ms)
+        speedup = view.speedup_of(self.solution)
         value = view.format_value(view.value_of(self.solution))
         return f"#{number} {self.method} · {speedup:.2f}× · {value}"
 
@@ -79,7 +79,7 @@ def rows(view: FrontierView, panel: Panel, pins: list[Pin]) -> pd.DataFrame:
                 "share": f"{solution.latency_ms / view.original_ms:.0%}",
                 "ms predicted": f"{solution.latency_ms:.4g}",
                 "ms measured": _or_missing(speed and speed.get("merged_ms"), "{:.4g}"),
-                "speed-up predicted": f"{view.speedup(solution.latency_ms):.2f}×",
+                "speed-up predicted": f"{view.speedup_of(solution):.2f}×",
                 "speed-up measured": _or_missing(
                     speed and speed.get("measured_speedup"), "{:.2f}×"
                 ),
