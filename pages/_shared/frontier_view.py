@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import streamlit as st
@@ -64,11 +64,11 @@ class FrontierView:
     curves: dict[str, Curve]  # in list_methods() order
     original_ms: float  # the keep-everything table sum (the base of budget percentages)
     network_ms: float | None  # the whole original network, measured (meta.json)
-    meta: dict  # the tables' meta.json: what the speed model reads
     quality: str  # the family's quality figure: "accuracy", "ε-loss"
     higher_is_better: bool
     value_kind: str  # "predicted" (original + ΣΔ), "delta" (ΣΔ only) or "objective"
     unit: str  # "%" for accuracy, "" otherwise
+    meta: dict = field(default_factory=dict)  # the tables' meta.json: what the speed model reads
 
     @property
     def methods(self) -> list[str]:
