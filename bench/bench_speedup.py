@@ -26,7 +26,7 @@ Parts (issue 12, "Must show"):
 Every row shows the speed model's prediction (:mod:`core.speed`), the measurement, their error
 (the goal: within ±10%), and the parts of the prediction: the measured original N from meta.json
 against the original measured in this run (drift of the machine), the table change, the residual
-adds the merge absorbs, the activations. Where a row misses, those columns say which part of the
+adds the merge absorbs, the activations, and the overhead scale s those changes are counted with. Where a row misses, those columns say which part of the
 network the model gets wrong. The machine's load average is recorded before and after each part.
 
 ``--smoke`` runs a part on tiny settings in seconds (64x64 inputs, short timings, two points) to
@@ -293,6 +293,7 @@ def _prediction_fields_dict(prediction: dict[str, Any]) -> dict[str, Any]:
         "table_change_ms": prediction.get("table_change_ms"),
         "residual_change_ms": prediction.get("residual_change_ms"),
         "activation_change_ms": prediction.get("activation_change_ms"),
+        "overhead_scale": prediction.get("overhead_scale"),
         "basis": prediction.get("basis"),
     }
 
@@ -300,8 +301,9 @@ def _prediction_fields_dict(prediction: dict[str, Any]) -> dict[str, Any]:
 def _markdown(results: dict[str, Any]) -> str:
     lines = [
         "| part | method | budget | predicted | measured | error | original ms: table N / "
-        "now | merged ms: predicted / measured | table Δ | residual Δ | activation Δ | paper |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "now | merged ms: predicted / measured | table Δ | residual Δ | activation Δ | scale s | "
+        "paper |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, result in results.items():
         for row in result["rows"]:
@@ -312,7 +314,8 @@ def _markdown(results: dict[str, Any]) -> str:
                 f"{_pct(row['error'])} | {_ms(row['network_ms'])} / {_ms(row['original_ms'])} | "
                 f"{_ms(row['predicted_ms'])} / {_ms(row['merged_ms'])} | "
                 f"{_ms(row['table_change_ms'])} | {_ms(row['residual_change_ms'])} | "
-                f"{_ms(row['activation_change_ms'])} | {_x(paper)} |"
+                f"{_ms(row['activation_change_ms'])} | {_scale(row.get('overhead_scale'))} | "
+                f"{_x(paper)} |"
             )
     for name, result in results.items():
         errors = [abs(r["error"]) for r in result["rows"] if _finite(r["error"])]
@@ -331,6 +334,10 @@ def _finite(value: Any) -> bool:
 
 def _x(value: Any) -> str:
     return f"{value:.2f}x" if _finite(value) else "-"
+
+
+def _scale(value: Any) -> str:
+    return f"{value:.3f}" if _finite(value) else "-"
 
 
 def _pct(value: Any) -> str:

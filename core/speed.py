@@ -255,11 +255,15 @@ def running_residuals(meta: Mapping[str, Any], solution: Solution) -> tuple[tupl
 
 def overhead_scale(meta: Mapping[str, Any]) -> float:
     """s = (N - F) / (E - F): how much the network really spends per ms of table time (module
-    docstring). 1.0 when the table has no folded network or no complete structure costs."""
+    docstring). 1.0 when the table has no folded network or no complete structure costs, or when
+    N and E disagree beyond :data:`ADDITIVITY_TOLERANCE` (a table measured on a busy machine: its
+    warning says so, and a remainder that large is noise, not overhead to scale by)."""
     network = _float(meta.get("network_folded_latency_ms"))
     explained = explained_network_ms(meta)
     if network is None or explained is None:
         return 1.0
+    if abs(network - explained) > ADDITIVITY_TOLERANCE * network:
+        return 1.0  # the table fails its keep-everything check (and says so): no scale from it
     fixed = sum(latency for cost, latency in _structure_costs(meta) if cost.kind == "fixed")
     variable = explained - fixed
     if variable <= 0 or network - fixed <= 0:
