@@ -99,11 +99,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     solution = load_solution(model, args.solution)
     data = load_data(model, args.data) if args.data else None
     meta = _tables_meta(model, solution, args.tables)
-    warning = None
-    if args.onnx:
-        warning = backend_warning(meta.get("backend", "torch") if meta is not None else None)
-        if warning:
-            print(warning, file=sys.stderr)
     time_onnx = bool(args.onnx) and args.onnx_measure and times_onnx(model)
     done = compress(
         model,
@@ -116,6 +111,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tables_meta=meta,
     )
     finetuned = done.finetuned
+    warning = None
+    if args.onnx:  # said once the files are written, so a failed run prints only its error
+        warning = backend_warning(meta.get("backend", "torch") if meta is not None else None)
+        if warning:
+            print(warning, file=sys.stderr)
     return {
         **model.family.result_fields(),
         "model": model.name,

@@ -34,7 +34,7 @@ from core.speed import table_warning
 from core.tables import TableEntry
 from core.workflows import tables
 
-__all__ = ["add_parser", "run", "format_text"]
+__all__ = ["add_parser", "run", "format_text", "backend_for"]
 
 # --target: the deployment runtime, and the latency backend that times it
 TARGET_BACKENDS = {"torch": "torch", "onnx": "onnxruntime"}
@@ -106,7 +106,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    backend = args.backend or TARGET_BACKENDS[args.target or "torch"]
+    backend = backend_for(args.target, args.backend)
     hint = _target_hint(args.target, backend)
     if hint:
         print(hint, file=sys.stderr)
@@ -211,6 +211,11 @@ def format_text(result: dict[str, Any]) -> str:
         )
     lines.append(f"latency table written to {result['out']}")
     return "\n".join(lines)
+
+
+def backend_for(target: str | None, backend: str | None) -> str:
+    """The latency backend a profile uses: ``--backend`` when given, else the ``--target``'s."""
+    return backend or TARGET_BACKENDS[target or "torch"]
 
 
 def _target_hint(target: str | None, backend: str) -> str | None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from core.errors import OutputWriteError
 from core.families import FinetunedWeights
 from core.files import OutputFile, atomic_write_all, bytes_writer, jsonable, torch_bytes
 from core.solution import Solution
@@ -112,7 +113,7 @@ def compress(
     metrics["compressed"] = family.network_summary(merged, traced)
     onnx_data = speed = None
     if onnx is not None:
-        onnx_data = _onnx_file(family, merged, traced)  # exported and checked before any write
+        onnx_data = _onnx_file(family, merged, traced, onnx)  # exported, checked, not yet written
         if time_onnx:
             speed = measure_onnx(model, onnx_data, solution=solution, tables_meta=tables_meta)
             metrics["onnx_speed"] = speed.to_dict()
@@ -141,8 +142,21 @@ def compress(
     )
 
 
-def _onnx_file(family: Any, merged: nn.Module, traced: Any) -> bytes:
+def _onnx_file(family: Any, merged: nn.Module, traced: Any, target: str | Path) -> bytes:
     """The family's ONNX export of ``merged`` (checked against ONNX Runtime), as bytes: the
-    graph that is timed is the very graph that is written."""
-    with tempfile.TemporaryDirectory(prefix="lm-compress-") as folder:
-        return family.export_onnx(merged, Path(folder) / "compressed.onnx", traced).read_bytes()
+    graph that is timed is the very graph that is written to ``target``.
+
+    Raises:
+        OutputWriteError: the exporter's own file could not be written (a full disk).
+    """
+    try:
+        with tempfile.TemporaryDirectory(prefix="lm-compress-") as folder:
+            path = family.export_onnx(merged, Path(folder) / "compressed.onnx", traced)
+            return path.read_bytes()
+    except Exception as exc:
+        # an exporter may wrap the OSError of its file in an error of its own
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if not isinstance(cause, OSError):
+            raise
+        reason = cause.strerror or " ".join(str(cause).split()) or type(cause).__name__
+        raise OutputWriteError(f"cannot write the ONNX file to {target}: {reason}") from exc
