@@ -61,8 +61,8 @@ if jobs_onnx.offers_onnx_timing(which):
     mismatch = backend_warning(str(used.tables.meta.get("backend") or "torch"))
     if onnx_speed is None:
         st.write(
-            "The ONNX file runs on another runtime than the tables measured: time it against "
-            "the original network's ONNX export (BN folded, exported the same way)."
+            "A speed-up in torch need not hold in ONNX Runtime: time the ONNX file against the "
+            "original network's ONNX export (BN folded, exported the same way)."
         )
         if st.button("Time the ONNX file against the original's", key="export_onnx_measure"):
             with st.spinner("Timing both ONNX graphs side by side in ONNX Runtime…"):
