@@ -51,6 +51,7 @@ __all__ = [
     "BACKENDS",
     "Comparison",
     "measure_side_by_side",
+    "measure_onnx_side_by_side",
     "compare",
     "folded_original",
     "predicted_speedup",
@@ -147,35 +148,38 @@ def measure_side_by_side(
             run_compressed = _onnx_runner(
                 compressed, example, folder / "compressed.onnx", thread_count
             )
-        for _ in range(warmup):
-            run_original()
-            run_compressed()
-        # iterations per round from the slower (original) network, the same count for both
-        single = min(_time_calls(run_original, 1) for _ in range(3))
-        iterations = max(1, math.ceil(round_s / max(single, 1e-6)))
-        times_original: list[float] = []
-        times_compressed: list[float] = []
-        for index in range(rounds):
-            pair = [(run_original, times_original), (run_compressed, times_compressed)]
-            for runner, times in pair if index % 2 == 0 else reversed(pair):
-                times.append(_time_calls(runner, iterations) * 1000.0)
-    original_ms = statistics.median(times_original)
-    compressed_ms = statistics.median(times_compressed)
-    return Comparison(
-        backend=backend,
-        batch=batch,
-        input_shape=shape,
-        original_ms=original_ms,
-        compressed_ms=compressed_ms,
-        original_iqr_ms=_iqr(times_original),
-        compressed_iqr_ms=_iqr(times_compressed),
-        speedup=original_ms / compressed_ms,
-        rounds=rounds,
-        iterations=iterations,
-        threads=thread_count,
-        allocator=allocator_in_effect(),
-        load_average=_load_average(),
-    )
+        timed = _alternate_rounds(run_original, run_compressed, rounds, warmup, round_s)
+    return _comparison(backend, batch, shape, thread_count, *timed)
+
+
+def measure_onnx_side_by_side(
+    original: bytes | str | Path,
+    compressed: bytes | str | Path,
+    *,
+    input_shape: Sequence[int],
+    batch: int = 1,
+    rounds: int = DEFAULT_ROUNDS,
+    warmup: int = DEFAULT_WARMUP,
+    round_s: float = DEFAULT_ROUND_S,
+    threads: int | None = None,
+) -> Comparison:
+    """Time two ONNX graphs as they are (files or bytes) on ONNX Runtime, side by side.
+
+    The protocol of :func:`measure_side_by_side`, for graphs already exported: the compress
+    workflow times the very file it writes against the original's export, rather than a fresh
+    export of each (a deployment format gets its own measurement). Both graphs take one input of
+    ``(batch, *input_shape)``; a dynamic batch dimension takes any ``batch``.
+
+    Raises:
+        LayerMergeError: a bad shape, batch or round count, or a graph ONNX Runtime refuses.
+    """
+    shape = _check_arguments(input_shape, batch, "onnxruntime", rounds, threads)
+    thread_count = threads or torch.get_num_threads()
+    example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    run_original = _onnx_session_runner(original, example, thread_count, "the original's ONNX")
+    run_compressed = _onnx_session_runner(compressed, example, thread_count, "the ONNX export")
+    timed = _alternate_rounds(run_original, run_compressed, rounds, warmup, round_s)
+    return _comparison("onnxruntime", batch, shape, thread_count, *timed)
 
 
 def compare(
@@ -445,20 +449,88 @@ def _torch_runner(network: nn.Module, example: torch.Tensor) -> Callable[[], Any
 def _onnx_runner(
     network: nn.Module, example: torch.Tensor, path: Path, threads: int
 ) -> Callable[[], Any]:
+    export_onnx(network, path, tuple(example.shape), dynamic_batch=False, verify=True)
+    return _onnx_session_runner(path, example, threads, "the exported network")
+
+
+def _onnx_session_runner(
+    model: bytes | str | Path, example: torch.Tensor, threads: int, what: str
+) -> Callable[[], Any]:
+    """A call of one ONNX Runtime session (CPU, ``threads`` intra-op threads) on ``example``."""
     import onnxruntime as ort
 
-    export_onnx(network, path, tuple(example.shape), dynamic_batch=False, verify=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types (Fail, InvalidGraph, NoSuchFile, ...)
+        message = " ".join(str(exc).split())[:200]
+        raise LayerMergeError(f"ONNX Runtime cannot load {what} ({message})") from exc
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(example.numpy())}
 
     def run() -> Any:
         return session.run(None, feed)
 
     return run
+
+
+def _alternate_rounds(
+    run_original: Callable[[], Any],
+    run_compressed: Callable[[], Any],
+    rounds: int,
+    warmup: int,
+    round_s: float,
+) -> tuple[list[float], list[float], int]:
+    """Warm both up, then time them in rounds whose order flips every round.
+
+    Returns:
+        Each network's milliseconds per call, one value per round, and the calls per round.
+    """
+    for _ in range(warmup):
+        run_original()
+        run_compressed()
+    # iterations per round from the slower (original) network, the same count for both
+    single = min(_time_calls(run_original, 1) for _ in range(3))
+    iterations = max(1, math.ceil(round_s / max(single, 1e-6)))
+    times_original: list[float] = []
+    times_compressed: list[float] = []
+    for index in range(rounds):
+        pair = [(run_original, times_original), (run_compressed, times_compressed)]
+        for runner, times in pair if index % 2 == 0 else reversed(pair):
+            times.append(_time_calls(runner, iterations) * 1000.0)
+    return times_original, times_compressed, iterations
+
+
+def _comparison(
+    backend: str,
+    batch: int,
+    shape: tuple[int, int, int],
+    threads: int,
+    times_original: list[float],
+    times_compressed: list[float],
+    iterations: int,
+) -> Comparison:
+    """The medians of :func:`_alternate_rounds`' times, their spreads and their ratio."""
+    original_ms = statistics.median(times_original)
+    compressed_ms = statistics.median(times_compressed)
+    return Comparison(
+        backend=backend,
+        batch=batch,
+        input_shape=shape,
+        original_ms=original_ms,
+        compressed_ms=compressed_ms,
+        original_iqr_ms=_iqr(times_original),
+        compressed_iqr_ms=_iqr(times_compressed),
+        speedup=original_ms / compressed_ms,
+        rounds=len(times_original),
+        iterations=iterations,
+        threads=threads,
+        allocator=allocator_in_effect(),
+        load_average=_load_average(),
+    )
 
 
 def _time_calls(run: Callable[[], Any], iterations: int) -> float:

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -83,7 +84,12 @@ def test_compress_writes_a_checkpoint_and_onnx_equal_to_the_merged_model(
     assert code == 0, err
     assert result["metrics"]["merge_max_relative_error"] < 1e-4
     assert result["metrics"]["compressed"]["depth"] < result["metrics"]["original"]["depth"]
-    torch.load(out, weights_only=True)
+    # a random solution records no tables: its speed predictions' runtime cannot be told
+    assert "tables this solution was solved on are not known" in err
+    speed = result["metrics"]["onnx_speed"]  # timed without tables: batch 1, one thread
+    assert (speed["backend"], speed["batch"], speed["threads"]) == ("onnxruntime", 1, 1)
+    assert speed["predicted_speedup"] is None
+    assert torch.load(out, weights_only=True)["metrics"]["onnx_speed"] == speed
     network = export.load(out)
 
     bundle = build_model("digits_mobilenet")
@@ -211,3 +217,70 @@ def test_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "--solution" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def shipped_solution(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A solution solved on the shipped digits_resnet tables (torch backend): it records their
+    digest, so compress finds those tables without --tables."""
+    path = tmp_path_factory.mktemp("shipped") / "solution.json"
+    tables = ROOT / "cached_tables" / "digits_resnet"
+    assert main(["solve", "--tables", str(tables), "--budget", "0.6", "--out", str(path)]) == 0
+    return path
+
+
+def test_compress_onnx_is_timed_against_the_original_export_and_torch_tables_warn(
+    capsys: pytest.CaptureFixture[str], shipped_solution: Path, tmp_path: Path
+) -> None:
+    out, onnx_path = tmp_path / "c.pt", tmp_path / "c.onnx"
+    capsys.readouterr()
+    code = main(
+        ["compress", "digits_resnet", "--solution", str(shipped_solution), "--out", str(out),
+         "--onnx", str(onnx_path)]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    line = next(x for x in captured.out.splitlines() if "onnxruntime: merged" in x)
+    assert " ms vs original " in line and "(torch eager predicted " in line
+    warnings = [x for x in captured.err.splitlines() if "--backend onnxruntime" in x]
+    assert len(warnings) == 1 and "torch latency backend" in warnings[0]
+
+    speed = torch.load(out, weights_only=True)["metrics"]["onnx_speed"]
+    meta = json.loads((ROOT / "cached_tables" / "digits_resnet" / "meta.json").read_text())
+    assert speed["backend"] == "onnxruntime" and speed["predicted_backend"] == "torch"
+    assert (speed["batch"], speed["threads"]) == (meta["batch"], meta["threads"])
+    assert speed["baseline"] == "original, BN folded"
+    assert f"{speed['speedup']:.2f}×" in line
+    assert ("slower than the original" in captured.out) == (speed["speedup"] < 1)
+
+
+def test_compress_onnx_does_not_warn_on_onnxruntime_tables(
+    capsys: pytest.CaptureFixture[str], shipped_solution: Path, tmp_path: Path
+) -> None:
+    # the shipped tables, as a table directory whose meta.json says they were timed on
+    # onnxruntime (the backend field is all the check reads)
+    tables = tmp_path / "tables"
+    shutil.copytree(ROOT / "cached_tables" / "digits_resnet", tables)
+    meta = json.loads((tables / "meta.json").read_text())
+    (tables / "meta.json").write_text(json.dumps({**meta, "backend": "onnxruntime"}))
+    code, result, err = _run(
+        capsys, "compress", "digits_resnet", "--solution", str(shipped_solution),
+        "--out", str(tmp_path / "c.pt"), "--onnx", str(tmp_path / "c.onnx"), "--tables",
+        str(tables), "--no-onnx-measure",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "--backend onnxruntime" not in err and result["onnx_backend_warning"] is None
+    assert result["onnx_measure"] == "--no-onnx-measure"
+    assert "onnx_speed" not in result["metrics"]
+
+
+def test_compress_refuses_tables_the_solution_was_not_solved_on(
+    capsys: pytest.CaptureFixture[str], shipped_solution: Path, tmp_path: Path
+) -> None:
+    code, _, err = _run(
+        capsys, "compress", "digits_resnet", "--solution", str(shipped_solution),
+        "--out", str(tmp_path / "c.pt"), "--onnx", str(tmp_path / "c.onnx"), "--tables",
+        str(ROOT / "cached_tables" / "digits_mobilenet"),
+    )  # fmt: skip
+    assert code == 2 and "digits_mobilenet" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c.pt").exists()

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,13 +33,26 @@ from core.benchmark import (
     TimingSettings,
     allocator_in_effect,
     compare,
+    measure_onnx_side_by_side,
     predicted_from_meta,
 )
-from core.errors import TableMismatchError
+from core.errors import LayerMergeError, TableMismatchError
 from core.solution import Solution
 from core.workflows.model import LoadedModel
 
-__all__ = ["Measurement", "measure"]
+__all__ = [
+    "Measurement",
+    "measure",
+    "OnnxSpeed",
+    "measure_onnx",
+    "times_onnx",
+    "onnx_speed_line",
+    "onnx_speed_how",
+    "onnx_speed_warning",
+    "backend_warning",
+]
+
+ONNX_BACKEND = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,147 @@ def measure(
         compressed_network=network,
         allocator=allocator_in_effect(),
         settings_note=note,
+    )
+
+
+@dataclass(frozen=True)
+class OnnxSpeed:
+    """An ONNX export timed against the original's ONNX export on ONNX Runtime, in one run.
+
+    Why apart from the torch measurement: the deployment format is its own runtime. A merged
+    network with large kernels (11x11) measured 1.49x faster in torch eager and 0.55x in ONNX
+    Runtime, so the torch figure and the tables' prediction say nothing certain about the ONNX
+    file.
+    """
+
+    comparison: Comparison  # backend "onnxruntime": original_ms, compressed_ms, speedup
+    baseline: str  # which original was exported (the family's speed baseline)
+    predicted_speedup: float | None  # the tables' speed model, when the tables are known
+    predicted_backend: str | None  # the backend those tables were timed on
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: what the compressed checkpoint and the CLI's JSON record."""
+        return {
+            **self.comparison.to_dict(),
+            "baseline": self.baseline,
+            "predicted_speedup": self.predicted_speedup,
+            "predicted_backend": self.predicted_backend,
+            "slower": self.comparison.speedup < 1.0,
+        }
+
+
+def times_onnx(model: LoadedModel) -> bool:
+    """Whether this model's family exports ONNX graphs the benchmark can time (one input)."""
+    return ONNX_BACKEND in model.family.bench_backends()
+
+
+def measure_onnx(
+    model: LoadedModel,
+    onnx: bytes | str | Path,
+    *,
+    solution: Solution | None = None,
+    tables_meta: Mapping[str, Any] | None = None,
+    batch: int | None = None,
+    threads: int | None = None,
+    rounds: int = DEFAULT_ROUNDS,
+) -> OnnxSpeed:
+    """Time the ONNX graph ``onnx`` against the original network's ONNX export, side by side.
+
+    The original is the family's speed baseline (a classifier's: BN folded), exported by the
+    family's own exporter (:mod:`core.onnx_export`) into a temporary folder, so both graphs are
+    made the same way; they alternate in rounds on ONNX Runtime (:mod:`core.benchmark`).
+
+    Args:
+        model: the original model (only read).
+        onnx: the exported graph of the compressed network (a file or its bytes).
+        solution: with ``tables_meta``: adds the tables' predicted speed-up.
+        tables_meta: the meta.json of the tables the solution came from; their batch and thread
+            count are the defaults here, so the prediction and the measurement compare.
+        batch: inputs per call; None: the tables' batch, else 1.
+        threads: intra-op threads; None: the tables' count, else one.
+        rounds: timed rounds per graph.
+
+    Raises:
+        LayerMergeError: the family's graphs are not timed on ONNX Runtime, the export of the
+            original fails, or a bad count.
+    """
+    if not times_onnx(model):
+        raise LayerMergeError(
+            f"the {model.family.name} family's ONNX graphs are not timed on ONNX Runtime"
+        )
+    settings = TimingSettings.from_meta(tables_meta) if tables_meta is not None else None
+    batch = batch if batch is not None else (settings.batch if settings else 1)
+    threads = threads if threads is not None else (settings.threads if settings else 1)
+    family, bundle, traced = model.family, model.bundle, model.traced
+    original, label = family.speed_baseline(bundle, traced, None)
+    with tempfile.TemporaryDirectory(prefix="lm-onnx-") as folder:
+        baseline = family.export_onnx(original, Path(folder) / "original.onnx", traced)
+        comparison = measure_onnx_side_by_side(
+            baseline,
+            onnx,
+            input_shape=tuple(model.chain.input_shape),
+            batch=batch,
+            rounds=rounds,
+            threads=threads,
+        )
+    predicted = backend = None
+    if tables_meta is not None and solution is not None:
+        predicted = float(predicted_from_meta(tables_meta, solution)["speedup"])
+        backend = str(tables_meta.get("backend") or "torch")
+    return OnnxSpeed(comparison, label, predicted, backend)
+
+
+def onnx_speed_line(record: Mapping[str, Any]) -> str:
+    """One line for people from :meth:`OnnxSpeed.to_dict`: the two medians, their ratio and the
+    tables' prediction beside it ("onnxruntime: merged 3.10 ms vs original 4.20 ms → 1.35×
+    (torch eager predicted 1.49×)")."""
+    line = (
+        f"onnxruntime: merged {record['compressed_ms']:.2f} ms vs original "
+        f"{record['original_ms']:.2f} ms → {record['speedup']:.2f}×"
+    )
+    if record.get("predicted_speedup") is not None:
+        backend = record.get("predicted_backend") or "torch"
+        name = "torch eager" if backend == "torch" else backend
+        line += f" ({name} predicted {record['predicted_speedup']:.2f}×)"
+    return line
+
+
+def onnx_speed_how(record: Mapping[str, Any]) -> str:
+    """How :func:`onnx_speed_line`'s numbers were measured, for the line below it."""
+    return (
+        f"batch {record['batch']}, {record['threads']} thread(s), median of {record['rounds']} "
+        f"alternating rounds; baseline: the {record['baseline']}, exported the same way"
+    )
+
+
+def onnx_speed_warning(record: Mapping[str, Any]) -> str | None:
+    """A warning when the ONNX graph is slower than the original's (None: it is not)."""
+    if record["speedup"] >= 1.0:
+        return None
+    return (
+        f"warning: the compressed ONNX graph is slower than the original's in ONNX Runtime "
+        f"({record['speedup']:.2f}×); large merged kernels can cost more there than in torch"
+    )
+
+
+def backend_warning(table_backend: str | None) -> str | None:
+    """A warning for an ONNX export whose solution was chosen on another runtime's timings.
+
+    Args:
+        table_backend: meta.json's ``backend`` of the tables the solution came from; None when
+            those tables are not known.
+    """
+    if table_backend == ONNX_BACKEND:
+        return None
+    if table_backend is None:
+        return (
+            "note: the tables this solution was solved on are not known (pass --tables DIR), so "
+            "it cannot be told which runtime its speed predictions were made for"
+        )
+    return (
+        f"warning: the solution's speed predictions were made with the {table_backend} latency "
+        "backend, not onnxruntime; for an ONNX deployment, profile with "
+        "`python -m core profile MODEL --backend onnxruntime` and solve on those tables"
     )
 
 

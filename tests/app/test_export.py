@@ -3,6 +3,7 @@ page describes (the merged, not finetuned, solution), as core's family builds it
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -61,3 +62,36 @@ def test_the_downloads_hold_the_merged_network(model: str, monkeypatch: pytest.M
     session = onnxruntime.InferenceSession(onnx, providers=["CPUExecutionProvider"])
     ran = session.run(None, {name: value.numpy() for name, value in inputs.items()})[0]
     assert float(np.abs(want - ran).max()) <= 1e-4 * scale
+
+
+def test_the_onnx_file_is_timed_against_the_original_and_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Export page times the ONNX download against the original's ONNX export on request,
+    shows the line and the tables' prediction, and records it in the checkpoint."""
+    deferred: dict[str, Any] = {}
+    original = MediaFileManager.add_deferred
+
+    def record(self: MediaFileManager, data: Any, *args: Any, **kwargs: Any) -> str:
+        file_id = original(self, data, *args, **kwargs)
+        deferred[file_id] = data
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    at = open_page("export")
+    assert at.session_state["choice"].name == "digits_resnet"
+    assert "onnxruntime: merged" not in texts(at)
+    # the shipped tables were timed with torch: the page says its prediction is torch's
+    assert "made with the torch latency backend" in texts(at)
+    at.button(key="export_onnx_measure").click().run()
+    assert not at.exception, at.exception[0].value if at.exception else ""
+    shown = texts(at)
+    assert "onnxruntime: merged" in shown and "(torch eager predicted" in shown
+    assert [m.label for m in at.metric if "ONNX Runtime" in m.label]
+
+    checkpoint = deferred[at.download_button(key="download_checkpoint").proto.deferred_file_id]()
+    recorded = torch.load(io.BytesIO(checkpoint), weights_only=True)
+    speed = recorded["metrics"]["onnx_speed"]
+    assert speed["backend"] == "onnxruntime" and speed["predicted_backend"] == "torch"
+    assert speed["original_ms"] > 0 and speed["compressed_ms"] > 0
+    assert (speed["speedup"] < 1) == ("slower than the original" in shown)
