@@ -284,3 +284,12 @@ def test_a_unet_family_without_structure_costs_is_predicted_from_its_table(tmp_p
     keep = keep_everything_solution(family.chain_of(traced))
     assert predict_speed(meta, keep).speedup == 1.0
     assert table_reliability(meta).reliable  # a quiet clock: no reason to warn
+
+
+def test_a_table_failing_its_keep_everything_check_is_not_scaled():
+    """A remainder beyond the tolerance is a busy machine's noise, not overhead: s stays 1."""
+    meta = _hand_meta()
+    meta["network_folded_latency_ms"] = 7.05 * (1 + 2 * ADDITIVITY_TOLERANCE)
+    assert overhead_scale(meta) == 1.0
+    meta["network_folded_latency_ms"] = 7.05  # all explained: nothing to scale
+    assert overhead_scale(meta) == pytest.approx(1.0)
