@@ -140,9 +140,10 @@ def test_hand_computation_on_a_small_chain_with_an_absorbed_residual():
     meta = _hand_meta()
     # the original: table 6.5 + the add 0.25 + the stem 0.6 - the activation timed at linear 3
     assert explained_network_ms(meta) == pytest.approx(6.5 + 0.25 + 0.6 - 0.3)
-    # the measured network (10) exceeds that (7.05): the remainder scales what a solution changes
-    # (all but the 0.6 of fixed costs), s = (10 - 0.6) / (7.05 - 0.6)
-    scale = (10.0 - 0.6) / (7.05 - 0.6)
+    # the measured network (8) exceeds that (7.05), within the tolerance: the remainder scales
+    # what a solution changes (all but the 0.6 of fixed costs), s = (8 - 0.6) / (7.05 - 0.6)
+    meta["network_folded_latency_ms"] = meta["network_latency_ms"] = 8.0
+    scale = (8.0 - 0.6) / (7.05 - 0.6)
     assert overhead_scale(meta) == pytest.approx(scale)
 
     # (1, 3] merged into one 5x5: it absorbs the residual block (its add is gone), and a ReLU now
@@ -155,8 +156,8 @@ def test_hand_computation_on_a_small_chain_with_an_absorbed_residual():
     assert prediction.residual_change_ms == pytest.approx(-0.25)
     assert prediction.activation_change_ms == pytest.approx(+0.3)
     assert prediction.overhead_scale == pytest.approx(scale)
-    assert prediction.predicted_ms == pytest.approx(10.0 + scale * (-1.0 - 0.25 + 0.3))
-    assert prediction.speedup == pytest.approx(10.0 / (10.0 - 0.95 * scale))
+    assert prediction.predicted_ms == pytest.approx(8.0 + scale * (-1.0 - 0.25 + 0.3))
+    assert prediction.speedup == pytest.approx(8.0 / (8.0 - 0.95 * scale))
     assert running_residuals(meta, merged) == ()
     assert planned_activations(meta, merged) == {1, 3, 4}
 
@@ -168,7 +169,7 @@ def test_hand_computation_on_a_small_chain_with_an_absorbed_residual():
     prediction = predict_speed(meta, split)
     assert (prediction.table_change_ms, prediction.residual_change_ms) == (0.0, 0.0)
     assert prediction.activation_change_ms == pytest.approx(-0.2 + 0.3)  # 2 timed, not run
-    assert prediction.predicted_ms == pytest.approx(10.0 + 0.1 * scale)
+    assert prediction.predicted_ms == pytest.approx(8.0 + 0.1 * scale)
     assert running_residuals(meta, split) == ((1, 3),)
 
     # layer pruning: conv 2 removed (an identity segment of latency 0), its ReLU still runs
@@ -179,7 +180,7 @@ def test_hand_computation_on_a_small_chain_with_an_absorbed_residual():
     prediction = predict_speed(meta, removed)
     assert prediction.table_change_ms == pytest.approx(-2.0)
     assert prediction.activation_change_ms == pytest.approx(+0.2)  # run, not timed
-    assert prediction.predicted_ms == pytest.approx(10.0 - 1.8 * scale)
+    assert prediction.predicted_ms == pytest.approx(8.0 - 1.8 * scale)
 
 
 def test_older_tables_fall_back_to_sums_and_say_so():
