@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,3 +67,21 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out; the page says:\n{texts(at)}")
         time.sleep(0.5)
+
+
+def record_downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What each download button of the page would serve on click, by file id.
+
+    AppTest does not click downloads; Streamlit defers a callable download's data to the media
+    file manager, so recording what it is handed gives the test the real bytes (or the callable).
+    """
+    deferred: dict[str, Any] = {}
+    original = MediaFileManager.add_deferred
+
+    def record(self: MediaFileManager, data: Any, *args: Any, **kwargs: Any) -> str:
+        file_id = original(self, data, *args, **kwargs)
+        deferred[file_id] = data
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    return deferred

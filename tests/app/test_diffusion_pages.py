@@ -16,7 +16,6 @@ from typing import Any
 import onnxruntime
 import pytest
 import torch
-from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from core.export import load
@@ -28,7 +27,7 @@ from core.families.unet.unet import DEMO_UNET_CONFIG, build_unet, save_unet_fold
 from core.latency import LatencyConfig
 from pages._shared.jobs import registry
 from pages._shared.panels.samples_finetune import FD_LABEL
-from tests.app.support import open_page, texts, wait_until
+from tests.app.support import open_page, record_downloads, texts, wait_until
 
 UNET = "digits_unet"
 FOLDER = "diffusers folder…"
@@ -150,15 +149,7 @@ def test_finetune_job_completes_and_the_export_loads(
     assert any(FD_LABEL in m.value for m in at.markdown)  # said plainly: not Inception FID
     assert len(at.image) == 3, "grids of the original, before and after finetuning"
 
-    deferred: dict[str, Any] = {}  # what the download button would run on click
-    original = MediaFileManager.add_deferred
-
-    def record(self: MediaFileManager, data: Any, *args: Any, **kwargs: Any) -> str:
-        file_id = original(self, data, *args, **kwargs)
-        deferred[file_id] = data
-        return file_id
-
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    deferred = record_downloads(monkeypatch)  # what each download serves on click
     at.switch_page("pages/export.py").run()
     assert not at.exception, at.exception[0].value if at.exception else ""
     assert f"finetuned 2 steps (job {job_id}), then merged" in texts(at)

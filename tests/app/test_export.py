@@ -10,12 +10,11 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from streamlit.runtime.media_file_manager import MediaFileManager
 
 from core.export import load
 from core.families import family_for
 from core.tables import read_manifest
-from tests.app.support import open_page, texts
+from tests.app.support import open_page, record_downloads, texts
 
 DEMO_MODELS = sorted({entry["model"] for entry in read_manifest()})
 
@@ -27,15 +26,7 @@ def as_array(output: Any) -> np.ndarray:
 
 @pytest.mark.parametrize("model", DEMO_MODELS)
 def test_the_downloads_hold_the_merged_network(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    deferred: dict[str, Any] = {}  # what each download button would run on click
-    original = MediaFileManager.add_deferred
-
-    def record(self: MediaFileManager, data: Any, *args: Any, **kwargs: Any) -> str:
-        file_id = original(self, data, *args, **kwargs)
-        deferred[file_id] = data
-        return file_id
-
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    deferred = record_downloads(monkeypatch)  # what each download serves on click
     at = open_page()
     if model != at.session_state["choice"].name:
         at.selectbox(key="model_name").set_value(model)
@@ -69,15 +60,7 @@ def test_the_onnx_file_is_timed_against_the_original_and_recorded(
 ) -> None:
     """The Export page times the ONNX download against the original's ONNX export on request,
     shows the line and the tables' prediction, and records it in the checkpoint."""
-    deferred: dict[str, Any] = {}
-    original = MediaFileManager.add_deferred
-
-    def record(self: MediaFileManager, data: Any, *args: Any, **kwargs: Any) -> str:
-        file_id = original(self, data, *args, **kwargs)
-        deferred[file_id] = data
-        return file_id
-
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    deferred = record_downloads(monkeypatch)  # what each download serves on click
     at = open_page("export")
     assert at.session_state["choice"].name == "digits_resnet"
     assert "onnxruntime: merged" not in texts(at)
