@@ -47,6 +47,7 @@ __all__ = [
     "default_control_cache",
     "finetune_control",
     "compressed_vs_control",
+    "compare_figures",
 ]
 
 CONTROL_RESULT_NAME = "control.json"  # a completed control's figures, inside its cache folder
@@ -192,12 +193,40 @@ def finetune_control(
 
 
 def compressed_vs_control(family: ModelFamily, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """:func:`compare_figures` of a finetune's metrics, read under the family's keys.
+
+    The original's figures, the compressed network's (merged, else finetuned) and, when a
+    control ran, its figures (:data:`CONTROL_FIGURE`), as ``ModelFamily.metric_names`` names
+    them. None when one of the first two is missing (a cancelled run).
+    """
+    names = family.metric_names("finetune")
+    stage = "merged" if "merged" in names else "finetuned"
+    if stage not in names or "original" not in names:
+        return None
+
+    def stage_figures(template: str) -> dict[str, Any]:
+        return {name: metrics.get(template.format(name)) for name in family.figures()}
+
+    return compare_figures(
+        family,
+        original=stage_figures(names["original"]),
+        compressed=stage_figures(names[stage]),
+        control=stage_figures(CONTROL_FIGURE),
+    )
+
+
+def compare_figures(
+    family: ModelFamily,
+    *,
+    original: Mapping[str, Any],
+    compressed: Mapping[str, Any],
+    control: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """The compressed network's quality figure against the original's and the control's.
 
-    Reads the finetune metrics under the family's keys (``ModelFamily.metric_names``): the
-    original, the compressed network (merged, else finetuned) and, when a control ran, its
-    figure (:data:`CONTROL_FIGURE`). Returns None when the family names no figures or the
-    compressed figure is missing (a cancelled run).
+    The figures are the family's evaluation (``ModelFamily.evaluate``) of each network; the
+    quality figure is the first of ``ModelFamily.figures``. Returns None when the family names
+    no figures or the original's or compressed network's figure is missing.
 
     The ``line`` reads, for a classifier: "test accuracy: compressed 96.10% = original 98.30%
     −2.20%; control (original finetuned the same way) 98.90% → −2.80% vs control".
@@ -207,37 +236,32 @@ def compressed_vs_control(family: ModelFamily, metrics: Mapping[str, Any]) -> di
         return None
     quality = next(iter(shown))
     label, spec = shown[quality]
-    names = family.metric_names("finetune")
-    stage = "merged" if "merged" in names else "finetuned"
-    if stage not in names or "original" not in names:
+    before = _number(original.get(quality))
+    after = _number(compressed.get(quality))
+    if before is None or after is None:
         return None
-    original = _number(metrics.get(names["original"].format(quality)))
-    compressed = _number(metrics.get(names[stage].format(quality)))
-    if original is None or compressed is None:
-        return None
-    control = _number(metrics.get(CONTROL_FIGURE.format(quality)))
+    reference = None if control is None else _number(control.get(quality))
     better = "" if family.task.higher_is_better else " (lower is better)"
     line = (
-        f"{label}{better}: compressed {spec.format(compressed)} = original "
-        f"{spec.format(original)} {_signed(compressed - original, spec)}"
+        f"{label}{better}: compressed {spec.format(after)} = original "
+        f"{spec.format(before)} {_signed(after - before, spec)}"
     )
-    result: dict[str, Any] = {
+    if reference is not None:
+        line += (
+            f"; control (original finetuned the same way) {spec.format(reference)} → "
+            f"{_signed(after - reference, spec)} vs control"
+        )
+    return {
         "figure": quality,
         "label": label,
         "higher_is_better": family.task.higher_is_better,
-        "original": original,
-        "compressed": compressed,
-        "vs_original": compressed - original,
-        "control": control,
-        "vs_control": None if control is None else compressed - control,
+        "original": before,
+        "compressed": after,
+        "vs_original": after - before,
+        "control": reference,
+        "vs_control": None if reference is None else after - reference,
+        "line": line,
     }
-    if control is not None:
-        line += (
-            f"; control (original finetuned the same way) {spec.format(control)} → "
-            f"{_signed(compressed - control, spec)} vs control"
-        )
-    result["line"] = line
-    return result
 
 
 def _signed(delta: float, spec: str) -> str:
