@@ -201,3 +201,28 @@ def test_cli_control_prints_the_vs_control_line(resnet: LoadedModel, tmp_path: P
     result = json.loads(out.getvalue())
     assert code == 0 and result["control"]["reused"]  # the same recipe again: reused
     assert result["comparison"]["vs_control"] is not None
+
+
+def test_cli_control_cache_that_is_a_file_is_refused_before_any_work(
+    resnet: LoadedModel, tmp_path: Path
+) -> None:
+    _, _, solution = _setup(resnet, CLASSIFIER_OPTIONS)
+    path = tmp_path / "solution.json"
+    save_solution(solution, path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    base = [
+        "finetune", "digits_resnet", "--solution", str(path), "--data", "digits",
+        "--out", str(tmp_path / "ft"), "--steps", "2", "--batch-size", "8",
+    ]  # fmt: skip
+    for extra, says in (
+        (["--control", "--control-cache", str(blocker)], "control cache"),
+        (["--control-cache", str(tmp_path / "c")], "only used with --control"),
+    ):
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = main([*base, *extra])
+        assert code == 2 and says in err.getvalue(), err.getvalue()
+        assert "finetune [" not in err.getvalue()  # refused before any training
+        assert len(err.getvalue().strip().splitlines()) == 1
+    assert not (tmp_path / "ft").exists()

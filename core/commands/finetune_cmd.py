@@ -32,6 +32,7 @@ from core.commands.common import (
     options_of,
     require_positive,
 )
+from core.errors import LayerMergeError
 from core.families import FinetuneReport
 from core.families.unet.finetune import UNetFinetuneConfig
 from core.files import check_output_folder
@@ -181,6 +182,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     require_positive(args, ["threads"])
     check_output_folder(args.out)  # a file in the way is refused now, not after the model loads
+    if args.control_cache is not None:
+        if not args.control:
+            raise LayerMergeError("--control-cache is only used with --control")
+        check_output_folder(args.control_cache, what="control cache")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load(args)
