@@ -7,7 +7,7 @@ import streamlit as st
 from core.errors import LayerMergeError
 from core.families import family_for, list_models
 from pages._shared import caches, frame, panels, state
-from pages._shared.messages import explain, upload_problem
+from pages._shared.messages import explain
 
 frame.frame_guard()
 
@@ -99,9 +99,12 @@ with st.form("model_form"):
         key="model_input_size",
     )
     right.file_uploader(
-        "Weights: a state_dict file (.pt, .pth, .bin or .ckpt; torchvision's files work)",
+        "Weights: a state_dict file, any name (.pt, .pth, .th, .tar, ...)",
         key="weights_upload",
-        help="read with torch.load(weights_only=True): tensors only, never pickled code",
+        help="read with torch.load(weights_only=True): tensors only, never pickled code. The "
+        "content decides, not the name: a plain state_dict, torchvision's files, or a research "
+        "checkpoint nesting it under state_dict, model, net or model_state_dict, with or "
+        "without DataParallel's module. prefix",
     )
     if state.weights() is not None:
         right.checkbox(
@@ -124,11 +127,7 @@ with st.form("model_form"):
     )
     submitted = st.form_submit_button("Use this model", key="use_model", type="primary")
 if submitted:
-    upload = st.session_state.weights_upload
-    refused = upload_problem(upload.name) if upload is not None else None
     try:
-        if refused is not None:
-            raise LayerMergeError(refused)
         with st.spinner("Loading the weights, tracing the chain…"):
             weights_note = apply_form()
     except LayerMergeError as exc:

@@ -7,6 +7,11 @@ DIR holds the finetuned training form for ``compress --finetuned``, and once the
 family's figures and an ETA goes to stderr. Ctrl-C stops cleanly at the next step with the run
 state saved, prints the summary (``"status": "cancelled"``) and exits 130, so a script can tell a
 cancelled run from a finished one (exit 0); a second Ctrl-C interrupts at once (also 130).
+
+``--control`` then finetunes the uncompressed original with the same recipe (a second progress
+bar, ``control [...]``) and reports the compressed network against it as well as against the
+original; the control is kept in ``--control-cache`` (default: ``controls/`` beside DIR) and
+reused by any later finetune of the same original with the same recipe and data.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from core.commands.common import (
     options_of,
     require_positive,
 )
+from core.errors import LayerMergeError
 from core.families import FinetuneReport
 from core.families.unet.finetune import UNetFinetuneConfig
 from core.files import check_output_folder
@@ -144,6 +150,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--restart", action="store_true", help="ignore an existing DIR/checkpoint.pt"
     )
     parser.add_argument("--onnx", action="store_true", help="also write DIR/compressed.onnx")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also finetune the uncompressed original with the same recipe (data, steps, lr, "
+        "batch, seed) and report the compressed network against it as well as against the "
+        "original; reused from --control-cache when the same original and recipe ran before",
+    )
+    parser.add_argument(
+        "--control-cache",
+        default=None,
+        metavar="DIR",
+        help="where controls are kept (default: controls/ beside --out)",
+    )
     unet = parser.add_argument_group("diffusion UNets only")
     unet.add_argument(
         "--ema-decay",
@@ -163,6 +182,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     require_positive(args, ["threads"])
     check_output_folder(args.out)  # a file in the way is refused now, not after the model loads
+    if args.control_cache is not None:
+        if not args.control:
+            raise LayerMergeError("--control-cache is only used with --control")
+        check_output_folder(args.control_cache, what="control cache")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load(args)
@@ -182,6 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             onnx=args.onnx,
             progress=_ProgressBar(),
             cancel=cancel,
+            control=args.control,
+            control_cache=args.control_cache,
+            control_progress=_ProgressBar("control"),
         )
     return outcome.summary()
 
@@ -201,6 +227,21 @@ def format_text(result: dict[str, Any]) -> str:
     if result["status"] == "cancelled":
         state = metrics.get("finetune_state", result["checkpoint"])
         lines.append(f"  run state {state}: rerun the same command to resume")
+    control = result.get("control")
+    if control is not None:
+        if control["status"] == "completed":
+            how = "reused from" if control["reused"] else "written to"
+            lines.append(
+                f"  control (the original finetuned the same way, {control['step']} steps) "
+                f"{how} {control['folder']}"
+            )
+        else:
+            lines.append(
+                f"  control {control['status']} at step {control['step']}/"
+                f"{control['total_steps']}: rerun the same command to resume it"
+            )
+    if result.get("comparison"):
+        lines.append(f"  {result['comparison']['line']}")
     if result["compressed"]:
         original, compressed = metrics["original"], metrics["compressed"]
         lines.append(
@@ -219,7 +260,8 @@ def format_text(result: dict[str, Any]) -> str:
 class _ProgressBar:
     """Draws ``[####....] step/total <the family's figures> ETA`` on stderr, a few times a second."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "finetune") -> None:
+        self._name = name
         self._last = 0.0
         self._tty = sys.stderr.isatty()
 
@@ -234,7 +276,7 @@ class _ProgressBar:
         filled = int(width * report.step / max(report.total_steps, 1))
         eta = f" ETA {report.eta_s:4.0f}s" if report.eta_s is not None and not done else ""
         line = (
-            f"finetune [{'#' * filled}{'.' * (width - filled)}] {report.step}/{report.total_steps}"
+            f"{self._name} [{'#' * filled}{'.' * (width - filled)}] {report.step}/{report.total_steps}"
             f" {report.readout()}{eta}"
         )
         end = "\n" if done or not self._tty else "\r"

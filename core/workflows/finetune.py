@@ -11,7 +11,15 @@ Into the output folder it writes:
   merges;
 - once the loop completes, ``compressed.pt`` (the merged network, the compressed-checkpoint
   format), ``compressed.onnx`` when asked;
-- ``metrics.json``: :meth:`FinetuneOutcome.summary`, also what ``finetune --json`` prints.
+- ``metrics.json``: :meth:`FinetuneOutcome.summary`, also what ``finetune --json`` prints,
+  with the data the network was finetuned on (``data_spec``: the canonical ``--data`` spec and
+  its preprocessing, also in every checkpoint written here) so later steps know what it expects.
+
+With ``control=True`` a completed run is followed by its control (``core.workflows.control``):
+the uncompressed original finetuned with the same recipe and evaluated the same way, reused from
+its cache folder when the same original and recipe ran before. The summary then states the
+compressed figure against the original's and against the control's (``comparison``), so a gain
+that the finetune would have given the original as well is not read as the compression's.
 
 A set ``cancel`` event stops the loop cleanly before its next step (state saved, status
 ``"cancelled"``); nothing is merged then, and the same call later resumes.
@@ -46,11 +54,25 @@ from core.files import (
     torch_bytes,
 )
 from core.solution import Solution
+from core.workflows.control import (
+    CONTROL_FIGURE,
+    ControlOutcome,
+    compressed_vs_control,
+    default_control_cache,
+    finetune_control,
+)
 from core.workflows.evaluate import stage_metrics
 from core.workflows.model import LoadedModel, check_finite_figures
 from core.workflows.outputs import output_dir, written
 
-__all__ = ["COMPRESSED_NAME", "ONNX_NAME", "METRICS_NAME", "FinetuneOutcome", "finetune"]
+__all__ = [
+    "COMPRESSED_NAME",
+    "ONNX_NAME",
+    "METRICS_NAME",
+    "FinetuneOutcome",
+    "finetune",
+    "data_record",
+]
 
 COMPRESSED_NAME = "compressed.pt"
 ONNX_NAME = "compressed.onnx"
@@ -82,6 +104,9 @@ class FinetuneOutcome:
     network: nn.Module  # the finetuned training form (CPU, eval mode)
     merged: nn.Module | None  # the merged network, once completed
     fields: Mapping[str, Any]  # what the family adds to every summary (ModelFamily.result_fields)
+    data_spec: Mapping[str, Any]  # the --data spec and its preprocessing (data_record)
+    control: ControlOutcome | None = None  # the original finetuned the same way, when asked
+    comparison: Mapping[str, Any] | None = None  # compressed vs original (and vs control)
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able summary: ``metrics.json`` and what ``finetune --json`` prints."""
@@ -104,6 +129,9 @@ class FinetuneOutcome:
             "config": self.config,
             "compressed": str(self.compressed) if self.compressed else None,
             "onnx": str(self.onnx) if self.onnx else None,
+            "data_spec": dict(self.data_spec),
+            "control": None if self.control is None else self.control.to_dict(),
+            "comparison": None if self.comparison is None else dict(self.comparison),
             "metrics": self.metrics,
         }
 
@@ -120,6 +148,9 @@ def finetune(
     onnx: bool = False,
     progress: Callable[[FinetuneReport], None] | None = None,
     cancel: threading.Event | None = None,
+    control: bool = False,
+    control_cache: str | Path | None = None,
+    control_progress: Callable[[FinetuneReport], None] | None = None,
 ) -> FinetuneOutcome:
     """Finetune the training form of ``solution``, then merge, score and save it, in ``out``.
 
@@ -135,6 +166,11 @@ def finetune(
         progress: called after every step with the family's report (``step``, ``total_steps``,
             ``eta_s``, ``readout()``); an exception it raises stops the run.
         cancel: once set, the loop stops before its next step with its state saved.
+        control: once the run completes, also finetune the uncompressed original with the same
+            ``config`` on the same ``data`` and evaluate it (or reuse it from the cache).
+        control_cache: where controls are kept; by default ``controls/`` beside ``out``
+            (:func:`core.workflows.control.default_control_cache`).
+        control_progress: called after every step of the control's loop.
 
     Raises:
         LayerMergeError: settings or a run state of other options, a file not writable, ...
@@ -152,8 +188,10 @@ def finetune(
 
     original = figures("original", bundle.model)
     check_finite_figures(original, what=f"the original {bundle.name} on {data.name}")
+    record = data_record(data)
     metrics: dict[str, Any] = {
         "data": data.name,
+        "data_spec": record,
         **original,
         **figures("surgery", training),
     }
@@ -164,7 +202,7 @@ def finetune(
         data,
         config,
         checkpoint=state,
-        metadata={"solution": solution.to_dict(), "metrics": dict(metrics)},
+        metadata={"solution": solution.to_dict(), "data": record, "metrics": dict(metrics)},
         progress=progress,
         cancel=cancel,
     )
@@ -183,6 +221,18 @@ def finetune(
         ),
         folder,
     )
+    control_run = None
+    if control and run.status == "completed":
+        control_run = finetune_control(
+            model,
+            data,
+            config,
+            cache=default_control_cache(folder) if control_cache is None else control_cache,
+            progress=control_progress,
+            cancel=cancel,
+        )
+        metrics["control"] = control_run.to_dict()
+        metrics.update({CONTROL_FIGURE.format(k): v for k, v in control_run.figures.items()})
     merged = compressed = onnx_path = None
     if run.status == "completed":
         merged = family.merge(run.network, traced, solution)
@@ -232,7 +282,27 @@ def finetune(
         network=run.network,
         merged=merged,
         fields=family.result_fields(),
+        data_spec=record,
+        control=control_run,
+        comparison=compressed_vs_control(family, metrics),
     )
     text = json.dumps(outcome.summary(), indent=2, default=str)
     atomic_write_text(folder / METRICS_NAME, text, what="the finetune metrics")
     return outcome
+
+
+def data_record(data: Any) -> dict[str, Any]:
+    """What a network finetuned on ``data`` expects of its inputs, for summaries and checkpoints.
+
+    The canonical ``--data`` spec, and where the data says so its preprocessing (normalisation
+    name, mean and std, resize, crop) and input size: plain strings, numbers and lists, which
+    ``torch.load(weights_only=True)`` reads back.
+    """
+    record: dict[str, Any] = {"spec": data.name}
+    size = getattr(data, "input_size", getattr(data, "size", None))
+    if isinstance(size, int):
+        record["input_size"] = size
+    preprocessing = getattr(data, "preprocessing", None)
+    if isinstance(preprocessing, Mapping):
+        record.update(preprocessing)
+    return jsonable(record, what="the data spec")

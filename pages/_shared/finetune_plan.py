@@ -4,6 +4,9 @@ The recommendation is the recipe the demo benchmarks used (BENCHMARKS.md), scale
 solution; the duration is a prediction from a few real training steps timed here (the same code
 as the job, on the same model and batch), cached per model, solution and batch. When even that
 timing would keep the page waiting (a big model), it waits for a click.
+
+Whether to run a control (the original finetuned with the same recipe, ``core.workflows.control``)
+is decided here too: it can double the duration, unless the same control ran before.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "time_classifier_steps",
     "time_unet_steps",
     "duration_note",
+    "control_checkbox",
 ]
 
 CLASSIFIER_EPOCHS = 2  # the demo frontier's recipe: 2 epochs, SGD lr 0.02, batch 64
@@ -124,10 +128,32 @@ def step_seconds(
     return timer(key, solution, which)
 
 
-def duration_note(steps: int, pace: Pace | None, *, after: str = "") -> str:
-    """The duration of ``steps`` in words, saying it is a prediction and what it rests on."""
+def control_checkbox() -> bool:
+    """The "also finetune the original as a control" choice (off by default)."""
+    return st.checkbox(
+        "Also finetune the original as a control",
+        key="ft_control",
+        help="After the compressed network, finetune the uncompressed original with the same "
+        "steps, learning rate, batch, seed and data, and test it the same way: a gain the "
+        "finetune would give the original too is then not read as the compression's. Kept "
+        "and reused when the same model, weights, data and settings ran before.",
+    )
+
+
+def duration_note(steps: int, pace: Pace | None, *, after: str = "", control: bool = False) -> str:
+    """The duration of ``steps`` in words, saying it is a prediction and what it rests on.
+
+    With ``control`` the original is finetuned too: up to twice as long (its steps run at about
+    the uncompressed network's pace, not timed here), nothing more when it is already kept.
+    """
     if pace is None:
         return "Estimated duration: not measured yet (press the button above)."
+    twice = (
+        "; with the control up to twice that (the original's steps, slower than the compressed "
+        "network's), unless the same control ran before"
+        if control
+        else ""
+    )
     return (
         f"**Estimated duration: about {duration(pace.seconds(steps))}** for {count(steps)} "
         f"steps. {TIMED_STEPS} steps of this solution were timed here: "
@@ -139,7 +165,7 @@ def duration_note(steps: int, pace: Pace | None, *, after: str = "") -> str:
             else ""
         )
         + ". A prediction, on a machine others may share: the job shows its real pace and ETA"
-        + f"{after}."
+        + f"{after}{twice}."
     )
 
 

@@ -4,6 +4,11 @@ One function per family's pipeline as core runs it today (surgery → finetune �
 evaluate); each is the single place to swap for core's finetune workflow. A job checkpoints as it
 trains, so ``resume_of`` continues a cancelled job where it stopped, with the same model and
 options.
+
+With ``control`` a job, once its compressed network is finetuned and tested, also finetunes the
+uncompressed original with the same recipe (``core.workflows.control``: the family's own loop
+and evaluation, cached in the app's runs folder by original and recipe, so a second job of the
+same model and settings reuses it) and sets the compressed figure against both.
 """
 
 from __future__ import annotations
@@ -19,8 +24,14 @@ import torch
 
 from core.data import load_data
 from core.errors import LayerMergeError
+from core.families import family_for
 from core.families.unet.data import load_diffusion_data
-from core.families.unet.finetune import UNetFinetuneConfig, UNetFinetuneProgress, finetune_unet
+from core.families.unet.finetune import (
+    UNetFinetuneConfig,
+    UNetFinetuneProgress,
+    UNetFinetuneSettings,
+    finetune_unet,
+)
 from core.families.unet.flow import apply_unet_solution
 from core.families.unet.loss import epsilon_loss
 from core.families.unet.merge import merge_unet
@@ -37,6 +48,8 @@ from core.finetune import (
 from core.merge import merge, merge_model
 from core.solution import Solution
 from core.surgery import build_training_network
+from core.workflows.control import ControlOutcome, compare_figures, finetune_control
+from core.workflows.model import LoadedModel, loaded
 from pages._shared import caches, state
 from pages._shared.grids import GRID_ROWS, SAMPLE_SEED, SAMPLES
 from pages._shared.jobs import Job, progress_reporter, registry
@@ -44,12 +57,14 @@ from pages._shared.jobs_tables import check_unet_data
 from pages._shared.paths import APP_RUNS
 from pages._shared.state import ModelChoice
 
-__all__ = ["start_classifier_finetune", "start_unet_finetune"]
+__all__ = ["CONTROL_STAGE", "CONTROLS", "start_classifier_finetune", "start_unet_finetune"]
 
 Weights = dict[str, torch.Tensor] | None  # a session's uploaded state_dict
 MAX_HISTORY = 2000  # training-loss points kept per finetune job (every k-th step beyond)
 EVALUATIONS = 10  # test evaluations while a classifier trains (plus one before, one at the end)
 INTERIM_TEST_IMAGES = 2000  # test images an interim evaluation reads (the final one reads all)
+CONTROL_STAGE = "control: finetuning the original the same way"
+CONTROLS = APP_RUNS / "controls"  # the controls' cache (core.workflows.control)
 
 
 def start_classifier_finetune(
@@ -59,16 +74,20 @@ def start_classifier_finetune(
     label: str = "",
     estimate_s: float | None = None,
     resume_of: Job | None = None,
+    control: bool = False,
 ) -> Job:
     """Finetune a classifier's training form of ``solution``, merge it, test it (accuracy).
 
     While it trains, the test accuracy is measured about ten times (at core's checkpoints, read
     back from the progress callback: core's loop is not changed), beside the original's accuracy.
+    With ``control``, the original is then finetuned the same way (or reused) and tested too.
     """
     which, weights = _model_of(resume_of)
+    control = _control_of(resume_of, control)
     model = caches.bundle(which, weights=weights).model  # shared: only read (core copies it)
     traced = caches.chain(which, weights=weights)
     checkpoint = _checkpoint_path(resume_of, "checkpoint.pt")
+    original = _loaded(which, weights) if control else None
 
     def work(job: Job) -> dict[str, Any]:
         job.stage = "loading the data"
@@ -109,17 +128,23 @@ def start_classifier_finetune(
             return {"status": result.status, "step": result.step}
         job.stage = "merging and testing"
         merged = merge(result.network, traced, solution)
-        return {
+        after = evaluate(merged, splits.test)
+        outcome = {
             "status": "completed",
             "merged": merged,
             "before": before,
             "unfinetuned": unfinetuned,
-            "after": evaluate(merged, splits.test),
+            "after": after,
             "steps": result.step,
             "seconds": result.elapsed_s,
         }
+        figures = {"accuracy": before.accuracy}, {"accuracy": after.accuracy}
+        return {**outcome, **_with_control(job, original, splits, config, *figures)}
 
-    return _start(which, weights, solution, config, work, resume_of, label, estimate_s, checkpoint)
+    return _start(
+        which, weights, solution, config, work, resume_of, label, estimate_s, checkpoint,
+        control=control,
+    )  # fmt: skip
 
 
 def start_unet_finetune(
@@ -131,19 +156,23 @@ def start_unet_finetune(
     label: str = "",
     estimate_s: float | None = None,
     resume_of: Job | None = None,
+    control: bool = False,
 ) -> Job:
     """Finetune a UNet's training form of ``solution`` with the ε-loss, merge it, sample it.
 
     The worker reports every step (training loss, holdout loss at evaluation steps, beside the
     original's holdout loss) and stops before its next step on cancel. Afterwards it draws the
     same-seed grids of the original, the merged UNet before finetuning and after, and
-    (``fd_samples`` > 1) their digits-FD.
+    (``fd_samples`` > 1) their digits-FD. With ``control``, the original is then finetuned with
+    the same settings (or reused) and its holdout ε-loss set beside the compressed one's.
     """
     which, _ = _model_of(resume_of)
+    control = _control_of(resume_of, control)
     bundle, uchain = caches.bundle(which), caches.traced(which)
     check_unet_data(bundle)
     model = bundle.model  # shared: only read (apply_unet_solution copies it)
     checkpoint = _checkpoint_path(resume_of, "state.pt")
+    original = _loaded(which, None) if control else None
 
     def work(job: Job) -> dict[str, Any]:
         job.stage = "loading the data"
@@ -174,9 +203,13 @@ def start_unet_finetune(
             return {"status": "stopped", "steps": result.steps_done}
         job.stage = "merging"
         merged = merge_unet(result.unet)
+        figures = {"eps_loss": reference}, {"eps_loss": result.holdout_loss_after}
+        settings = UNetFinetuneSettings(config=config, device="cpu")  # where the job trains
+        compared = _with_control(job, original, data, settings, *figures)
         networks = {"original": model, "before": built.merged_network, "after": merged}
         grids, fd = _samples(job, networks, fd_samples, sampling_steps)
         return {
+            **compared,
             "status": "completed",
             "merged": merged,
             "holdout_original": reference,
@@ -190,7 +223,7 @@ def start_unet_finetune(
             "seconds": result.elapsed_s,
         }
 
-    options = {"fd_samples": fd_samples, "sampling_steps": sampling_steps}
+    options = {"fd_samples": fd_samples, "sampling_steps": sampling_steps, "control": control}
     return _start(
         which, None, solution, config, work, resume_of, label, estimate_s, checkpoint, **options
     )
@@ -217,6 +250,54 @@ def _samples(
             job.stage = "digits-FD"
             fd[name] = digits_fd(images[:fd_samples])
     return grids, fd
+
+
+def _with_control(
+    job: Job,
+    original: LoadedModel | None,
+    data: Any,
+    config: Any,
+    before: dict[str, float],
+    after: dict[str, float],
+) -> dict[str, Any]:
+    """The control (when asked) and the compressed figure against the original's and its own.
+
+    ``config`` is the family's finetune settings as its loop takes them, the recipe the
+    compressed network was trained with; the control stops with the job's cancel.
+    """
+    family = family_for(job.config["choice"].name)
+    control: ControlOutcome | None = None
+    if original is not None:
+        control = _run_control(job, original, data, config)
+    figures = control.figures if control is not None and control.status == "completed" else None
+    return {
+        "control": control,
+        "comparison": compare_figures(family, original=before, compressed=after, control=figures),
+    }
+
+
+def _run_control(job: Job, original: LoadedModel, data: Any, config: Any) -> ControlOutcome:
+    """The original finetuned with ``config`` (or reused from the cache), reported to ``job``."""
+    job.stage = CONTROL_STAGE
+
+    def progress(report: Any) -> None:
+        job.report(report.step, report.total_steps, report.eta_s, CONTROL_STAGE)
+
+    outcome = finetune_control(
+        original, data, config, cache=CONTROLS, progress=progress, cancel=job.cancel
+    )
+    return dataclasses.replace(outcome, network=None)  # the figures are what the page shows
+
+
+def _loaded(which: ModelChoice, weights: Weights) -> LoadedModel:
+    """The session's model as the workflows take it (built in the script thread, cached)."""
+    bundle = caches.bundle(which, weights=weights)
+    return loaded(bundle, caches.traced(which, weights=weights), family=caches.family(which))
+
+
+def _control_of(resume_of: Job | None, control: bool) -> bool:
+    """Whether the job runs a control: a resumed job keeps its own choice."""
+    return bool(resume_of.config.get("control")) if resume_of is not None else control
 
 
 def _model_of(resume_of: Job | None) -> tuple[ModelChoice, Weights]:

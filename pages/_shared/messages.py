@@ -15,18 +15,15 @@ from core.errors import LayerMergeError, UnsafeCheckpointError
 from core.families import list_models
 
 __all__ = [
-    "WEIGHT_SUFFIXES",
     "ACCEPTED_WEIGHTS",
     "EXAMPLE_FUNCTION",
     "explain",
     "unknown_model",
-    "upload_problem",
 ]
 
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 ACCEPTED_WEIGHTS = (
-    "a state_dict saved with torch.save(model.state_dict(), path): a .pt, .pth, .bin or .ckpt "
-    "file of tensors only (torchvision's weight files work)"
+    "a state_dict saved with torch.save(model.state_dict(), path), under any file name: tensors "
+    "only, plain or nested in a checkpoint dict (torchvision's weight files work)"
 )
 EXAMPLE_FUNCTION = "torchvision.models:resnet18"  # a module:function that builds and traces
 # "(KeyError: 101)", "(RuntimeError: PytorchStreamReader failed ...)", ": ModuleNotFoundError: ..."
@@ -59,13 +56,6 @@ def unknown_model(name: str) -> str:
         f"Unknown model {name!r}: choose one of {', '.join(list_models())}, or give your own "
         f"architecture as module:function (e.g. {EXAMPLE_FUNCTION})."
     )
-
-
-def upload_problem(file_name: str) -> str | None:
-    """Why an uploaded weights file is not even tried (its suffix), or None."""
-    if file_name.lower().endswith(WEIGHT_SUFFIXES):
-        return None
-    return f"{file_name} was not used: the weights must be {ACCEPTED_WEIGHTS}."
 
 
 def _unsafe_file(message: str) -> str:

@@ -135,6 +135,7 @@ def test_finetune_job_completes_and_the_export_loads(
         "uft_sampling_steps": 2,
     }.items():
         at.number_input(key=key).set_value(value)
+    at.checkbox(key="ft_control").check()  # the original finetuned the same way, beside it
     at.button(key="start_finetune").click().run()
     assert not at.exception, at.exception[0].value if at.exception else ""
     job_id = at.session_state["jobs"]["finetune"]
@@ -145,7 +146,13 @@ def test_finetune_job_completes_and_the_export_loads(
     at.run()
     assert not at.exception, at.exception[0].value if at.exception else ""
     labels = {m.label for m in at.metric}
+    control = job.result["control"]
+    assert control.status == "completed" and control.step == 2
     assert {"digits-FD, finetuned", "Compressed, finetuned"} <= labels, texts(at)
+    assert "Control: the original finetuned the same way" in labels, texts(at)
+    comparison = job.result["comparison"]
+    assert comparison["control"] == control.figures["eps_loss"] != job.result["holdout_original"]
+    assert any("lower is better" in i.value and "vs control" in i.value for i in at.info)
     assert any(FD_LABEL in m.value for m in at.markdown)  # said plainly: not Inception FID
     assert len(at.image) == 3, "grids of the original, before and after finetuning"
 

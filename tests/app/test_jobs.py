@@ -35,11 +35,14 @@ def test_finetune_runs_in_the_background_and_survives_a_reload(budget_page: AppT
     reloaded.run()
     labels = {m.label for m in reloaded.metric}
     assert {"Test accuracy, original", "Merged, finetuned"} <= labels, texts(reloaded)
+    assert "No control ran" in texts(reloaded)  # no control asked: the results say so
+    assert job.result["control"] is None and "vs control" not in job.result["comparison"]["line"]
     assert job.history and job.history[-1]["step"] == 4
     # the Export page now offers the finetuned network
     reloaded.switch_page("pages/export.py").run()
     assert not reloaded.exception
     assert f"finetuned 4 steps (job {job_id}), then merged" in texts(reloaded)
+    assert "Test accuracy: compressed " in texts(reloaded)  # against the original, in words
     assert reloaded.download_button(key="download_checkpoint")
 
 

@@ -107,3 +107,29 @@ def test_switching_model_resets_the_solution() -> None:
     assert at.session_state["choice"].name == "digits_mobilenet"
     after = at.session_state["solution"]  # the new model's own, from its own tables
     assert after is None or after.tables_digest != before.tables_digest
+
+
+def test_a_research_checkpoint_under_a_th_name_is_loaded_and_used() -> None:
+    """``{'state_dict': ...}`` with ``module.`` keys (DataParallel) as a ``.th`` file: the content
+    decides, not the file name, and the weights in use are the file's."""
+    from core.models import build_model
+
+    model = build_model("digits_resnet").model  # the shipped weights, then changed: the
+    generator = torch.Generator().manual_seed(5)  # test can tell the file's weights apart
+    state = {
+        f"module.{k}": v + 0.01 * torch.randn(v.shape, generator=generator) if v.is_floating_point()
+        else v
+        for k, v in model.state_dict().items()
+    }  # fmt: skip
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "epoch": 200, "best_prec1": 91.7}, buffer)
+    at = open_page()  # the Model page is the default one
+    at.file_uploader(key="weights_upload").upload("model_best.th", buffer.getvalue())
+    submit(at)
+    assert not at.error, at.error[0].value
+    assert at.success and "model_best.th" in at.success[0].value
+    choice = at.session_state["choice"]
+    assert choice.name == "digits_resnet" and choice.weights_label == "model_best.th"
+    used = at.session_state["state_dict"]
+    assert used.keys() == {k.removeprefix("module.") for k in state}
+    assert all(torch.equal(used[k.removeprefix("module.")], v) for k, v in state.items())

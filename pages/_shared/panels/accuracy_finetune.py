@@ -14,6 +14,7 @@ from pages._shared import caches, finetune_plan, jobs_finetune, state
 from pages._shared.curves import accuracy_curves
 from pages._shared.jobs import Job
 from pages._shared.numbers import count, duration, ms, percent
+from pages._shared.panels.control_view import control_notes
 from pages._shared.tables_in_use import tables_in_use
 
 __all__ = ["finetune_form", "finetune_view", "resume"]
@@ -62,10 +63,11 @@ def finetune_form(solution: Solution) -> None:
         key="ft_distill",
         help="0: plain labels; Kim23 uses 0.3 with the original network as teacher",
     )
+    control = finetune_plan.control_checkbox()
     seconds = finetune_plan.step_seconds(
         solution, used, batch=batch, timer=finetune_plan.time_classifier_steps
     )
-    st.markdown(finetune_plan.duration_note(int(steps), seconds))
+    st.markdown(finetune_plan.duration_note(int(steps), seconds, control=control))
     if st.button("Start finetuning", key="start_finetune", type="primary"):
         config = FinetuneConfig(
             steps=int(values.ft_steps),
@@ -76,8 +78,12 @@ def finetune_form(solution: Solution) -> None:
         label = f"SGD, lr {config.lr:g}, batch {config.batch_size}, {count(config.steps)} steps"
         if config.distill_alpha:
             label += f", distillation {config.distill_alpha:g}"
+        if control:
+            label += ", with a control"
         estimate = seconds.seconds(config.steps) if seconds and config.batch_size == batch else None
-        jobs_finetune.start_classifier_finetune(solution, config, label=label, estimate_s=estimate)
+        jobs_finetune.start_classifier_finetune(
+            solution, config, label=label, estimate_s=estimate, control=control
+        )
         st.rerun()
 
 
@@ -111,6 +117,15 @@ def finetune_view(job: Job) -> None:
         percent(result["after"].accuracy),
         f"{result['after'].accuracy - original:+.2f} pp vs original",
     )
+    control = result.get("control")
+    if control is not None and control.status == "completed":
+        after = result["after"].accuracy
+        st.metric(
+            "Control: the original finetuned the same way",
+            percent(control.figures["accuracy"]),
+            f"{after - control.figures['accuracy']:+.2f} pp: merged, finetuned vs control",
+        )
+    control_notes(result)
     estimate = job.config.get("estimate_s")
     predicted = f" (predicted {duration(estimate)})" if estimate else ""
     st.success(

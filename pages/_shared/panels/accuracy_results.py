@@ -18,6 +18,7 @@ from core.solution import Solution
 from pages._shared import caches, job_list, jobs_measure, state, views
 from pages._shared.numbers import count, decimal, percent, speedup
 from pages._shared.panels.base import ExportView
+from pages._shared.panels.control_view import comparison_line
 from pages._shared.tables_in_use import TablesInUse
 
 __all__ = ["export_view", "onnx_bytes"]
@@ -35,6 +36,9 @@ def export_view(solution: Solution, used: TablesInUse) -> ExportView:
         network, form = caches.merged(solution), "merged without finetuning"
         accuracy = state.measurement("accuracy", solution)
     views.export_header(solution, form)
+    line = comparison_line(finetuned[1]) if finetuned is not None else None
+    if line:
+        st.caption(f"{line[0].upper()}{line[1:]}.")
     if finetuned is None:
         st.info(
             "This solution has not been finetuned on this model (Finetune page): the export is "

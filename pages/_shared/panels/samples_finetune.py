@@ -16,6 +16,7 @@ from pages._shared.curves import eps_loss_curves
 from pages._shared.grids import grid_caption, show_grid
 from pages._shared.jobs import Job
 from pages._shared.numbers import count, decimal, duration, ms
+from pages._shared.panels.control_view import control_notes
 from pages._shared.tables_in_use import tables_in_use
 
 __all__ = ["FD_LABEL", "FD_NOTE", "finetune_form", "finetune_view", "resume"]
@@ -80,11 +81,12 @@ def finetune_form(solution: Solution) -> None:
         key="uft_sampling_steps",
         help="denoising steps per sample for the grids and the digits-FD afterwards",
     )
+    control = finetune_plan.control_checkbox()
     seconds = finetune_plan.step_seconds(
         solution, used, batch=int(batch), timer=finetune_plan.time_unet_steps
     )
     after = "; the holdout losses and the sampling afterwards (grids, digits-FD) add to it"
-    st.markdown(finetune_plan.duration_note(int(steps), seconds, after=after))
+    st.markdown(finetune_plan.duration_note(int(steps), seconds, after=after, control=control))
     if st.button("Start finetuning", key="start_finetune", type="primary"):
         config = UNetFinetuneConfig(
             steps=int(values.uft_steps),
@@ -96,6 +98,8 @@ def finetune_form(solution: Solution) -> None:
             f"Adam, lr {config.lr:g}, batch {config.batch_size}, {count(config.steps)} steps, "
             f"{count(int(values.uft_fd))} samples for digits-FD"
         )
+        if control:
+            label += ", with a control"
         jobs_finetune.start_unet_finetune(
             solution,
             config,
@@ -103,6 +107,7 @@ def finetune_form(solution: Solution) -> None:
             sampling_steps=int(values.uft_sampling_steps),
             label=label,
             estimate_s=seconds.seconds(config.steps) if seconds else None,
+            control=control,
         )
         st.rerun()
 
@@ -127,6 +132,16 @@ def finetune_view(job: Job) -> None:
         "Compressed, finetuned",
         (result["holdout_original"], result["holdout_before"], result["holdout_after"]),
     )
+    control = result.get("control")
+    if control is not None and control.status == "completed":
+        reference = control.figures["eps_loss"]
+        st.metric(
+            "Control: the original finetuned the same way",
+            decimal(reference),
+            f"{result['holdout_after'] - reference:+.4g}: compressed, finetuned vs control",
+            delta_color="inverse",
+        )
+    control_notes(result)
     steps = result["sampling_steps"]
     for column, (name, what) in zip(st.columns(3), STAGES, strict=True):
         with column:

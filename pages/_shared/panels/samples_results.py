@@ -20,6 +20,7 @@ from pages._shared import caches, job_list, jobs_measure, state, views
 from pages._shared.grids import grid_caption, merged_grid, original_grid, show_grid
 from pages._shared.numbers import count, decimal, ms, speedup
 from pages._shared.panels.base import ExportView
+from pages._shared.panels.control_view import comparison_line
 from pages._shared.panels.samples_finetune import FD_LABEL
 from pages._shared.tables_in_use import TablesInUse
 
@@ -79,6 +80,9 @@ def export_view(solution: Solution, used: TablesInUse) -> ExportView:
     else:
         network, form = caches.merged(solution), "merged without finetuning"
     views.export_header(solution, form)
+    line = comparison_line(finetuned[1]) if finetuned is not None else None
+    if line:
+        st.caption(f"{line[0].upper()}{line[1:]}.")
     if finetuned is None:
         st.info(
             "This solution has not been finetuned on this model (Finetune page): the export is "
