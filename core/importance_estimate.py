@@ -78,6 +78,11 @@ class ImportanceTimeEstimate:
         """More than :data:`LONG_SECONDS`: worth saying before it starts."""
         return self.seconds > LONG_SECONDS
 
+    @property
+    def duration(self) -> str:
+        """The estimated time in words ("47 min")."""
+        return _duration(self.seconds)
+
     def describe(self) -> str:
         """One line: the estimate and how it was made."""
         costs = self.costs
@@ -86,7 +91,7 @@ class ImportanceTimeEstimate:
             work = f"{self.steps} steps × {_duration(costs.step_seconds)} + {work}"
         plural = "es" if self.processes != 1 else ""
         return (
-            f"about {_duration(self.seconds)} (an estimate): {self.networks} networks for "
+            f"about {self.duration} (an estimate): {self.networks} networks for "
             f"{self.entries} entries × ({work}), over {self.processes} process{plural}, timed "
             f"on the original network at {costs.threads} thread"
             f"{'s' if costs.threads != 1 else ''}"
