@@ -78,8 +78,9 @@ def check_tables_for(directory: str | Path, chain_digest: str) -> Tables:
         if not path.is_dir():
             raise TableMismatchError(f"{path} is a file, not a folder; {ACCEPTED}")
         missing = [name for name in TABLE_FILES if not (path / name).is_file()]
-    except OSError as exc:
-        raise TableMismatchError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or exc
+        raise TableMismatchError(f"{path!s} cannot be read: {reason}; {ACCEPTED}") from exc
     if missing:
         raise TableMismatchError(
             f"{path} is not a table directory: it has no {' or '.join(missing)}; {ACCEPTED}"

@@ -70,6 +70,11 @@ def test_no_path_asks_for_one(text: str) -> None:
         check_tables_for(text, "0123456789abcdef")
 
 
+def test_a_path_no_system_can_open_is_refused_in_one_line() -> None:
+    with pytest.raises(TableMismatchError, match="cannot be read"):
+        check_tables_for("runs/a\x00b", "0123456789abcdef")
+
+
 def test_only_directories_of_the_chain_are_found(tmp_path: Path) -> None:
     digest = digest_of("digits_resnet")
     shutil.copytree(SHIPPED / "digits_resnet", tmp_path / "runs" / "a" / "tables")
