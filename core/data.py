@@ -70,6 +70,7 @@ __all__ = [
     "load_data",
     "data_input_size",
     "check_above_chance",
+    "data_record",
     "digits_arrays",
 ]
 
@@ -318,6 +319,13 @@ def check_above_chance(
         "does not match how it was trained; check the --data options (norm=..., resize=..., "
         "crop=...) and --input-size"
     )
+
+
+def data_record(data: Any) -> dict[str, Any]:
+    """What a result made on ``data`` records of it (meta.json's ``data_spec``): the canonical
+    ``--data`` spec, and how its images were prepared (normalisation name, mean, std, resize,
+    crop, input size) where the data says (:attr:`DataSplits.preprocessing`)."""
+    return {"spec": str(data.name), **dict(getattr(data, "preprocessing", None) or {})}
 
 
 def load_data(spec: str | DataSpec, *, input_size: int | None = None, seed: int = 0) -> DataSplits:

@@ -70,7 +70,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from core.chain import Chain
-from core.data import DataSplits
+from core.data import DataSplits, data_record
 from core.errors import DataError, LayerMergeError, TableMismatchError
 from core.families.base import ModelFamily, family_for
 from core.files import library_versions
@@ -755,6 +755,7 @@ def estimate_importance(
         "weights": bundle.weights_source,  # seeded, shipped, file, folder or state_dict
         "weights_file": bundle.weights_path.name if bundle.weights_path else None,
         "data": splits.name,
+        "data_spec": data_record(splits),  # the spec and its preprocessing (issue 15, item 4)
         "data_digest": splits.digest,
         "importance_key": key,
         "importance_mode": config.mode,

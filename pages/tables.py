@@ -1,14 +1,89 @@
-"""Tables: the latency and importance look-up tables the DP reads, and how honest their sum is."""
+"""Tables: the latency and importance look-up tables the DP reads, and how honest their sum is.
+
+The tables may be the app's own (computed here, or shipped) or any table directory on disk whose
+chain is the model's: one the CLI wrote (``profile``/``importance --out DIR``), typed or picked
+from those found under ``runs/`` and ``cached_tables/``.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from pages._shared import figures, frame, jobs, panels, state, views
+from core.errors import LayerMergeError
+from core.table_dirs import TableDirectory
+from pages._shared import caches, figures, frame, jobs, panels, state, views
 from pages._shared.job_view import job_panel
+from pages._shared.messages import explain
 from pages._shared.numbers import ms
 from pages._shared.paths import short_path
-from pages._shared.tables_in_use import computed_tables_dir, tables_in_use
+from pages._shared.tables_in_use import (
+    TablesInUse,
+    choose_tables,
+    computed_tables_dir,
+    forget_chosen_tables,
+    table_directories,
+    tables_in_use,
+)
+
+NOTICE = "tables_notice"  # session key: what the last choice of a directory did (shown once)
+
+
+def tables_from_disk(used: TablesInUse | None) -> None:
+    """Point the page at a table directory: one found for this chain, or any typed path."""
+    with st.expander("Use tables from disk (the CLI's, another run's)", expanded=used is None):
+        found = table_directories()
+        if found:
+            labels = {str(d.path): _label(d) for d in found}
+            current = str(used.directory) if used is not None else None
+            options = list(labels)
+            st.selectbox(
+                f"Table directories for this model's chain, under runs/ and cached_tables/ "
+                f"({len(options)})",
+                options,
+                index=options.index(current) if current in options else 0,
+                format_func=labels.get,
+                key="tables_found",
+            )
+            if st.button("Use these tables", key="use_found_tables"):
+                _use(st.session_state.tables_found)
+        else:
+            st.caption(
+                "No folder under runs/ or cached_tables/ holds tables of this model's chain."
+            )
+        st.text_input(
+            "Or the path of a table directory",
+            key="tables_dir",
+            placeholder="runs/my_tables",
+            help="a folder with latency.csv, importance.csv and meta.json, as `python -m core "
+            "profile` and `importance --out DIR` write them, for this model (same chain: model, "
+            "width, input size); relative paths start at the repository",
+        )
+        if st.button("Use this directory", key="use_tables_dir"):
+            _use(st.session_state.tables_dir)
+        if used is not None and used.source == "chosen":
+            if st.button("Back to the app's own tables", key="forget_tables_dir"):
+                forget_chosen_tables()
+                st.rerun(scope="app")
+
+
+def _use(directory: str) -> None:
+    """Use ``directory`` when it fits (the whole app then shows it), or say why not."""
+    try:
+        chosen = choose_tables(directory)
+    except LayerMergeError as exc:  # the tables in use stay in use
+        st.error(f"Not used: {explain(exc)}")
+        return
+    st.session_state[NOTICE] = f"Using the tables in {short_path(chosen.directory)}."
+    st.rerun(scope="app")
+
+
+def _label(found: TableDirectory) -> str:
+    mode = f"{found.importance_mode} importance" if found.importance_mode else "importance"
+    data = f" on {found.data}" if found.data else ""
+    return f"{short_path(Path(found.path))} · {found.model or 'model not recorded'} · {mode}{data}"
+
 
 frame.frame_guard()
 
@@ -27,6 +102,9 @@ if job is not None and (job.active or job.status in ("failed", "cancelled")):
         stopped_note=panel.tables_stopped_note,
     )
 used = tables_in_use()
+if st.session_state.get(NOTICE):
+    st.success(st.session_state.pop(NOTICE))
+tables_from_disk(used)
 if used is None:
     st.info(
         f"No tables for {state.choice().label} yet: none ship for it and none were computed. "
@@ -48,6 +126,16 @@ st.caption(
     f"{mode}{scale} on "
     f"{recorded['data']}"
 )
+weights = meta.get("weights_digest")
+if used.source == "chosen" and weights and weights != caches.bundle().weights_digest:
+    st.caption(
+        f"Their importance was measured with other weights (digest {weights}) than the model's "
+        f"({caches.bundle().weights_digest}); the latency table does not depend on weights."
+    )
+if (job is None or not job.active) and st.toggle(
+    "Compute new tables here", key="tables_recompute", help=panel.tables_saved_note
+):
+    panel.tables_form()
 
 st.subheader("Additivity: is the table sum the network's latency?")
 table_ms, network_ms = tables.original_latency_ms, meta.get("network_latency_ms")

@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": asdict(result.notes),
         "weights": result.weights_note,
         "data": meta.get("data"),
+        "data_spec": meta.get("data_spec"),
         "mode": meta.get("importance_mode"),
         "normalization": meta.get("importance_normalization"),
         "settings": meta.get("importance_settings"),

@@ -17,13 +17,17 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import LayerMergeError
+from torch.utils.data import Subset
+
+from core.data import check_above_chance
+from core.errors import DataError, LayerMergeError
 from core.families import ModelFamily, TableNotes, family_for
 from core.importance import estimate_importance
 from core.latency import LatencyConfig, measure_latency
@@ -39,8 +43,10 @@ __all__ = [
     "load_traced",
     "profile",
     "importance",
+    "check_original",
 ]
 
+CHANCE_CHECK_IMAGES = 1000  # test images the original is scored on before importance starts
 Weights = str | Path | Mapping[str, Any] | None
 
 
@@ -177,6 +183,10 @@ def importance(
 ) -> ImportanceResult:
     """Score every entry of MODEL by the family's estimator on ``data``.
 
+    The original is scored first (:func:`check_original`): a classifier at chance level on the
+    data stops the run with one line before any entry is trained. A finished table's meta.json
+    records the data as ``data_spec`` (:func:`core.data.data_record`).
+
     Args:
         model: a registry name, ``module:function``, or any spelling a family claims.
         data: the ``--data`` spec (``digits``, ``folder:PATH``, ``cifar10:PATH``).
@@ -192,14 +202,18 @@ def importance(
 
     Raises:
         LayerMergeError: bad input (model, settings, data, directory, cluster); one clear line.
+        DataError: the original scores no better than chance on the data (its preprocessing or
+            input size probably does not match how it was trained).
     """
     runner = runner or Runner()
     family, bundle, traced = load_traced(model, weights=weights, width=width, input_size=input_size)
     config = family.importance_config(**dict(settings or {}))
+    splits = family.load_data(data, bundle, traced, seed=config.data_seed)
+    check_original(family, bundle, splits)
     table = estimate_importance(
         bundle,
         traced,
-        data,
+        splits,
         config,
         family=family,
         out=out,
@@ -212,6 +226,29 @@ def importance(
     return ImportanceResult(
         **_common_fields(family, bundle, out, table), networks_trained=table.networks_trained
     )
+
+
+def check_original(family: ModelFamily, bundle: Any, splits: Any) -> None:
+    """Refuse to score entries of a model that scores no better than chance on the data.
+
+    A trained model at chance level on held-out images almost always means the data is not
+    prepared as it was trained (normalisation, resize, input size): every entry would then be
+    measured against noise, for an hour. The original is scored on up to
+    :data:`CHANCE_CHECK_IMAGES` test images. Not checked: a task without classes, and seeded
+    initial weights (untrained: at chance by construction, and the run already says so).
+
+    Raises:
+        DataError: the one line :func:`core.data.check_above_chance` gives.
+    """
+    classes = getattr(splits, "num_classes", None)
+    if not classes or not dataclasses.is_dataclass(splits) or bundle.weights_source == "seeded":
+        return
+    count = min(CHANCE_CHECK_IMAGES, len(splits.test))
+    sample = dataclasses.replace(splits, test=Subset(splits.test, range(count)))
+    accuracy = family.evaluate(bundle.model, sample).get("accuracy")
+    problem = None if accuracy is None else check_above_chance(accuracy, classes, count=count)
+    if problem is not None:
+        raise DataError(problem)
 
 
 def _common_fields(family: Any, bundle: Any, out: str | Path | None, table: Any) -> dict[str, Any]:

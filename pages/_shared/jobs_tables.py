@@ -1,14 +1,16 @@
 """The tables job: measure the latency table, then estimate the importance table, in the background.
 
-One function per family's pipeline as core runs it today; each is the single place to swap for
-core's tables workflow. Each takes what it needs from the session in the script thread (the cached
-model is shared: the worker gets a deep copy, or core functions that return new modules), starts a
-:class:`~pages._shared.jobs.Job` and remembers its id; the worker calls only ``core``.
+A classifier's job runs core's tables workflow (:mod:`core.workflows.tables`), the very functions
+``python -m core profile`` and ``importance`` run, with the settings the Tables page shows (mode,
+steps, evaluation images): the same checks (an original at chance stops it with one line), the
+same meta.json. A UNet's job still calls its family's pipeline directly. Each takes what it needs
+from the session in the script thread (the cached model is shared: the worker gets a deep copy,
+or core functions that return new modules), starts a :class:`~pages._shared.jobs.Job` and
+remembers its id; the worker calls only ``core``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,48 +19,67 @@ from core.errors import LayerMergeError
 from core.families.unet.data import load_diffusion_data
 from core.families.unet.importance import UNetImportanceConfig, estimate_unet_importance
 from core.families.unet.latency import measure_unet_latency
-from core.importance import ImportanceConfig, estimate_importance
-from core.latency import LatencyConfig, measure_latency
+from core.latency import LatencyConfig
+from core.runner import Runner
+from core.workflows import tables
 from pages._shared import caches, state
 from pages._shared.jobs import Job, progress_reporter, registry
 from pages._shared.state import ModelChoice
-from pages._shared.tables_in_use import computed_tables_dir
+from pages._shared.tables_in_use import computed_tables_dir, forget_chosen_tables
 
 __all__ = ["start_classifier_tables", "start_unet_tables", "unet_data_problem", "check_unet_data"]
 
 
-def start_classifier_tables(*, batch: int, mode: str, processes: int, threads: int = 1) -> Job:
+def start_classifier_tables(
+    *,
+    batch: int,
+    mode: str,
+    processes: int,
+    threads: int = 1,
+    steps: int | None = None,
+    eval_images: int | None = None,
+) -> Job:
     """A classifier's tables: latency, then importance by ``mode`` (finetune or distortion).
 
+    ``steps`` (finetune steps per entry) and ``eval_images`` (holdout images each network is
+    scored on) are the CLI's ``--steps`` and ``--eval-images``; None takes core's defaults.
     Finished entries are saved as they come, so a stopped run resumes where it stopped.
 
     Raises:
         LayerMergeError: bad settings, or another session is computing the same directory.
     """
     which = state.choice()
-    private = dataclasses.replace(caches.bundle(which), model=caches.private_model(which))
-    traced = caches.traced(which)
+    weights = state.weights() if which.weights_key != "default" else None
+    model = {"weights": weights, "width": which.width, "input_size": which.input_size}
     out = computed_tables_dir(which)
     latency_config = LatencyConfig(batch=batch, threads=threads)
-    importance_config = ImportanceConfig(mode=mode)
+    settings = {"mode": mode, "steps": steps, "eval_images": eval_images}
+    caches.family(which).importance_config(**settings)  # bad settings: refused before it starts
+    runner = Runner(processes=processes)
 
     def work(job: Job) -> str:
-        measure_latency(
-            private, traced, latency_config, out=out, progress=progress_reporter(job, "latency")
-        )
-        estimate_importance(
-            private,
-            traced,
-            which.data_spec,
-            importance_config,
+        tables.profile(
+            which.name,
+            **model,
             out=out,
-            jobs=processes,
+            config=latency_config,
+            progress=progress_reporter(job, "latency"),
+            cancel=job.cancel,
+        )
+        tables.importance(
+            which.name,
+            data=which.data_spec,
+            **model,
+            out=out,
+            settings=settings,
+            runner=runner,
             progress=progress_reporter(job, "importance"),
+            cancel=job.cancel,
         )
         return str(out)
 
-    settings = {"batch": batch, "mode": mode, "processes": processes, "threads": threads}
-    return _start(which, out, work, settings)
+    config = {"batch": batch, "processes": processes, "threads": threads, **settings}
+    return _start(which, out, work, config)
 
 
 def start_unet_tables(
@@ -125,6 +146,7 @@ def _start(
             f"the tables of {which.label} are being computed right now; they appear here when done"
         )
     config = {"dir": str(out), "choice": which, **settings}
+    forget_chosen_tables(which)  # the tables being computed are the ones to use when done
     job = registry().start("tables", f"tables of {which.label}", work, config=config)
     state.remember_job("tables", job.id)
     return job

@@ -1,8 +1,10 @@
-"""The tables a session's model uses (computed here, or shipped), the budget, and the DP's answers.
+"""The tables a session's model uses (chosen, computed here, or shipped), the budget, the DP's answers.
 
-Computed tables win over shipped ones; shipped ones fit when the manifest lists the model, width
-and input size and, where their meta records one, the same weights digest. Tables made for another
-chain are refused with a message, never used.
+A table directory the user pointed the Tables page at (any folder the CLI or the app wrote, checked
+by ``core.table_dirs``) wins while its chain matches the model; then computed tables; then shipped
+ones, which fit when the manifest lists the model, width and input size and, where their meta
+records one, the same weights digest. Tables made for another chain are refused with a message,
+never used.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import streamlit as st
+
 from core.dp import FrontierPoint, list_methods
 from core.errors import TableMismatchError
+from core.table_dirs import TableDirectory, check_tables_for, find_table_directories
 from core.tables import MANIFEST_PATH, Tables, read_manifest
 from pages._shared import caches, state
-from pages._shared.paths import APP_RUNS
+from pages._shared.paths import APP_RUNS, ROOT, table_roots
 from pages._shared.state import ModelChoice
 
 __all__ = [
@@ -23,6 +28,10 @@ __all__ = [
     "tables_in_use",
     "computed_tables_dir",
     "shipped_tables_dir",
+    "choose_tables",
+    "forget_chosen_tables",
+    "chosen_tables_dir",
+    "table_directories",
     "budget_ms",
     "frontiers",
     "dp_states",
@@ -30,6 +39,7 @@ __all__ = [
 
 BUDGET_SLACK = 1e-6  # relative; see budget_ms
 TABLE_FILES = ("latency.csv", "importance.csv", "meta.json")
+CHOSEN = "chosen_tables"  # session key: {model key: the table directory the user chose}
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ class TablesInUse:
 
     tables: Tables
     directory: Path
-    source: str  # "shipped" (cached_tables/) or "computed" (runs/app/tables/)
+    source: str  # "chosen" (a directory the user named), "computed" (runs/app/tables/), "shipped"
 
     @property
     def original_ms(self) -> float:
@@ -73,13 +83,58 @@ def shipped_tables_dir(which: ModelChoice | None = None) -> Path | None:
     return None
 
 
+def chosen_tables_dir(which: ModelChoice | None = None) -> Path | None:
+    """The table directory this session chose for the model (Tables page), if any."""
+    which = which or state.choice()
+    chosen = st.session_state.get(CHOSEN, {}).get(which.key)
+    return None if chosen is None else Path(chosen)
+
+
+def choose_tables(directory: str | Path, which: ModelChoice | None = None) -> TablesInUse:
+    """Use the tables in ``directory`` for the model from now on, if their chain is its chain.
+
+    A relative path is read from the repository root. Nothing changes when the tables are
+    refused: the tables in use stay in use.
+
+    Raises:
+        TableMismatchError: one line saying what is wrong with ``directory`` and what is
+            accepted (:func:`core.table_dirs.check_tables_for`).
+    """
+    which = which or state.choice()
+    path = Path(str(directory).strip()).expanduser()
+    if str(directory).strip() and not path.is_absolute():
+        path = ROOT / path  # as the captions show paths: relative to the repository
+    tables = check_tables_for(path if str(directory).strip() else "", caches.traced(which).digest())
+    path = path.resolve()
+    st.session_state.setdefault(CHOSEN, {})[which.key] = str(path)
+    return TablesInUse(tables, path, "chosen")
+
+
+def forget_chosen_tables(which: ModelChoice | None = None) -> None:
+    """Go back to the model's computed or shipped tables (a new computation, the user's wish)."""
+    which = which or state.choice()
+    st.session_state.get(CHOSEN, {}).pop(which.key, None)
+
+
+def table_directories(which: ModelChoice | None = None) -> list[TableDirectory]:
+    """The table directories under ``runs/`` and ``cached_tables/`` made for the model's chain."""
+    which = which or state.choice()
+    return find_table_directories(table_roots(), caches.traced(which).digest())
+
+
 def tables_in_use(which: ModelChoice | None = None) -> TablesInUse | None:
-    """The tables for the session's model: its computed ones, else shipped ones that fit it.
+    """The tables for the session's model: the chosen ones, its computed ones, else shipped ones.
+
+    A chosen directory that no longer holds tables of the chain (deleted, rewritten for another
+    network) is passed over, and the others are used.
 
     Raises:
         TableMismatchError: a table directory exists but is corrupt or was made for another chain.
     """
     which = which or state.choice()
+    chosen = _chosen_tables(which)
+    if chosen is not None:
+        return chosen
     candidates = [(computed_tables_dir(which), "computed")]
     shipped = shipped_tables_dir(which)
     if shipped is not None:
@@ -114,6 +169,20 @@ def frontiers(used: TablesInUse) -> dict[str, list[FrontierPoint]]:
 def dp_states(used: TablesInUse, method: str) -> list[tuple[int, float, float]]:
     """The DP's live (position, latency, importance) cells on these tables (Learn page)."""
     return caches.prefix_states(used.key, method, used.tables)
+
+
+def _chosen_tables(which: ModelChoice) -> TablesInUse | None:
+    """The chosen directory's tables while it still holds tables of the model's chain."""
+    directory = chosen_tables_dir(which)
+    if directory is None:
+        return None
+    try:
+        stamp = tuple((directory / name).stat().st_mtime_ns for name in TABLE_FILES)
+        tables = caches.read(str(directory), stamp)
+        _check_chain(tables, directory, which)
+    except (OSError, TableMismatchError):
+        return None
+    return TablesInUse(tables, directory, "chosen")
 
 
 def _check_chain(tables: Tables, directory: Path, which: ModelChoice) -> None:

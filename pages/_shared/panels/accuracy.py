@@ -8,20 +8,19 @@ after, the Export page offers the checkpoint and ONNX with both accuracies.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pandas as pd
 import streamlit as st
 import torch
 
 import pages._shared.panels.accuracy_finetune as accuracy_finetune
+import pages._shared.panels.accuracy_tables as accuracy_tables
 from core.errors import LayerMergeError
 from core.families import list_models
-from core.importance import MODES
 from core.models import default_input_size, get_model_info, load_state_dict_bytes
 from core.segments import count_table_entries, find_segments
 from core.solution import Solution
-from pages._shared import caches, jobs_measure, jobs_tables, state
+from pages._shared import caches, jobs_measure, state
 from pages._shared.chain_figure import chain_figure
 from pages._shared.jobs import Job
 from pages._shared.messages import EXAMPLE_FUNCTION, unknown_model
@@ -114,40 +113,7 @@ class AccuracyPanel(Panel):
         )
 
     def tables_form(self) -> None:
-        with st.form("tables_form"):
-            cols = st.columns(4)
-            big = state.choice().input_size >= 128
-            cols[0].number_input(
-                "Batch (images per timed call)", 1, 512, 1 if big else 64, key="tables_batch"
-            )
-            cols[1].radio(
-                "Importance",
-                MODES,
-                key="tables_mode",
-                horizontal=True,
-                help="finetune: a brief finetune per entry (the paper, minutes); "
-                "distortion: output change with no training (seconds, a first look)",
-            )
-            cols[2].number_input(
-                "Timing threads",
-                1,
-                os.cpu_count() or 1,
-                1,
-                key="tables_threads",
-                help="torch threads while timing; 1 (as the shipped tables) is steadiest on a "
-                "busy machine, and is what the Budget page's Measure button then uses too",
-            )
-            cols[3].number_input(
-                "Importance processes", 1, os.cpu_count() or 1, 1, key="tables_jobs"
-            )
-            if st.form_submit_button("Compute the tables", key="compute_tables", type="primary"):
-                jobs_tables.start_classifier_tables(
-                    batch=int(st.session_state.tables_batch),
-                    mode=st.session_state.tables_mode,
-                    processes=int(st.session_state.tables_jobs),
-                    threads=int(st.session_state.tables_threads),
-                )
-                st.rerun(scope="app")
+        accuracy_tables.tables_form()
 
     def additivity_note(self, error: float) -> str:
         return (
