@@ -11,6 +11,8 @@ import torch
 
 from core.build_cache import DEMO_BATCH, DEMO_DATA, DEMO_THREADS
 from core.errors import DataError, LayerMergeError
+from core.families import family_for
+from core.families.unet.unet import DEMO_UNET_CONFIG, save_unet_folder, unet_from_config
 from core.importance import ImportanceConfig
 from core.importance_estimate import (
     estimate_importance_seconds,
@@ -54,6 +56,29 @@ def test_each_family_refuses_the_options_that_do_not_apply():
         tables.importance("digits_unet", data="digits", settings={"reinit_single": True})
     with pytest.raises(LayerMergeError, match="cannot build no_such_model|unknown model"):
         tables.profile("no_such_model")
+
+
+def test_data_the_family_cannot_learn_from_is_refused_before_it_is_loaded(tmp_path):
+    rgb = unet_from_config({**DEMO_UNET_CONFIG, "in_channels": 3, "out_channels": 3}, seed=1)
+    folder = save_unet_folder(rgb, tmp_path / "rgb")
+    model = f"diffusers:{folder}"
+    family, bundle, _ = tables.load_traced(model)
+    assert family.data_problem("digits", bundle) == tables_error(model)
+    assert family_for("digits_resnet").data_problem("digits", bundle) is None
+    with pytest.raises(DataError) as caught:
+        tables.importance(model, data="digits", out=tmp_path / "t", settings={"steps": 0})
+    assert str(caught.value) == tables_error(model)
+    assert not (tmp_path / "t").exists()  # refused before anything was written
+    with pytest.raises(DataError, match="only the bundled digits"):
+        tables.importance("digits_unet", data="folder:/nowhere", settings={"steps": 0})
+
+
+def tables_error(model: str) -> str:
+    """The one line a 3-channel UNet gets: the digits have one channel."""
+    return (
+        f"{model} takes 3-channel images, and the only diffusion data so far is the bundled "
+        "digits (1 channel): importance and finetuning need images it can learn from"
+    )
 
 
 @pytest.mark.parametrize("entry", read_manifest(), ids=lambda e: e["dir"])

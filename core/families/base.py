@@ -476,6 +476,16 @@ class ModelFamily(abc.ABC):
         """
         return ()
 
+    # ------------------------------------------------------------------ training data
+    def data_problem(self, spec: str, bundle: Any) -> str | None:
+        """Why the data ``spec`` cannot train ``bundle``'s model (importance, finetuning), or None.
+
+        Asked before a long job starts (the app's forms, :func:`core.workflows.tables.importance`)
+        so a mismatch is one line up front, not an error minutes into a run. By default None: a
+        family whose ``load_data`` shapes any data for its models needs no check.
+        """
+        return None
+
 
 _FAMILIES: dict[str, ModelFamily] = {}
 F = TypeVar("F", bound=type[ModelFamily])

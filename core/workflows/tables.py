@@ -44,6 +44,7 @@ __all__ = [
     "profile",
     "importance",
     "check_original",
+    "check_data",
 ]
 
 CHANCE_CHECK_IMAGES = 1000  # test images the original is scored on before importance starts
@@ -202,12 +203,14 @@ def importance(
 
     Raises:
         LayerMergeError: bad input (model, settings, data, directory, cluster); one clear line.
-        DataError: the original scores no better than chance on the data (its preprocessing or
-            input size probably does not match how it was trained).
+        DataError: the data cannot train the model (:func:`check_data`), or the original scores
+            no better than chance on it (its preprocessing or input size probably does not match
+            how it was trained).
     """
     runner = runner or Runner()
     family, bundle, traced = load_traced(model, weights=weights, width=width, input_size=input_size)
     config = family.importance_config(**dict(settings or {}))
+    check_data(family, bundle, data)
     splits = family.load_data(data, bundle, traced, seed=config.data_seed)
     check_original(family, bundle, splits)
     table = estimate_importance(
@@ -226,6 +229,21 @@ def importance(
     return ImportanceResult(
         **_common_fields(family, bundle, out, table), networks_trained=table.networks_trained
     )
+
+
+def check_data(family: ModelFamily, bundle: Any, data: str) -> None:
+    """Refuse data the model cannot be trained on, before anything is loaded or scored.
+
+    The family says what does not fit (:meth:`ModelFamily.data_problem`: a UNet of RGB images
+    and the only diffusion data, the 1-channel digits); the app's forms ask the same before a
+    job starts.
+
+    Raises:
+        DataError: the family's one line.
+    """
+    problem = family.data_problem(data, bundle)
+    if problem is not None:
+        raise DataError(problem)
 
 
 def check_original(family: ModelFamily, bundle: Any, splits: Any) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "DiffusionData",
     "load_diffusion_digits",
     "load_diffusion_data",
+    "diffusion_data_problem",
 ]
 
 DIFFUSION_DIGITS_SIZE = 16  # 8x8 digits upscaled twice: a UNet with two resolutions fits
@@ -102,12 +103,35 @@ def load_diffusion_data(
     Raises:
         DataError: any spec other than ``digits``.
     """
-    if not isinstance(spec, str) or spec.strip().lower() != "digits":
-        raise DataError(
-            f"data spec {spec!r}: only the bundled digits ('digits') are supported for diffusion "
-            "models so far"
-        )
+    problem = _spec_problem(spec)
+    if problem is not None:
+        raise DataError(problem)
     return load_diffusion_digits(size, seed)
+
+
+def _spec_problem(spec: object) -> str | None:
+    """Why ``spec`` names no diffusion data (only the bundled digits so far), or None."""
+    if isinstance(spec, str) and spec.strip().lower() == "digits":
+        return None
+    return (
+        f"data spec {spec!r}: only the bundled digits ('digits') are supported for diffusion "
+        "models so far"
+    )
+
+
+def diffusion_data_problem(spec: str, in_channels: int, *, name: str = "the UNet") -> str | None:
+    """Why the data ``spec`` cannot train UNet ``name`` of ``in_channels``-channel images, or None.
+
+    The only diffusion data so far is the bundled digits (1 channel, :func:`load_diffusion_data`):
+    a UNet of RGB images could be timed, but not trained or scored on them.
+    """
+    problem = _spec_problem(spec)
+    if problem is not None or in_channels == 1:
+        return problem
+    return (
+        f"{name} takes {in_channels}-channel images, and the only diffusion data so far is the "
+        "bundled digits (1 channel): importance and finetuning need images it can learn from"
+    )
 
 
 def _to_diffusion_range(images: np.ndarray, size: int) -> torch.Tensor:

@@ -344,6 +344,11 @@ class UNetFamily(ModelFamily):
             )
         return EpsilonLossEstimator
 
+    def data_problem(self, spec: str, bundle: UNetBundle) -> str | None:
+        from core.families.unet.data import diffusion_data_problem
+
+        return diffusion_data_problem(spec, bundle.in_channels, name=bundle.name)
+
     def recipe(self, bundle: UNetBundle, *, portable: bool = False) -> Any:
         from core.families.unet.importance import UNetRecipe
 

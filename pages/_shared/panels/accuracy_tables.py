@@ -90,11 +90,11 @@ def tables_form() -> None:
     }
     _estimate(settings, int(processes))
     if st.button("Compute the tables", key="compute_tables", type="primary"):
-        jobs_tables.start_classifier_tables(
+        jobs_tables.start_tables(
             batch=int(values.tables_batch),
             processes=int(processes),
             threads=int(values.tables_threads),
-            **settings,
+            settings=settings,
         )
         st.rerun(scope="app")
 

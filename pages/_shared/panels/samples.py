@@ -80,12 +80,13 @@ class SamplesPanel(Panel):
         "embedding added between conv1 and conv2 is pushed through conv2 when they merge "
         "(core.families.unet.merge); attention, skips and the time MLP stay as they are."
     )
-    tables_cancel_label = "Stop"
+    tables_cancel_label = "Stop (finished entries are kept)"
     speed_measurement = "step"
-    tables_stopped_note = "start it again below."
+    tables_stopped_note = "its finished work is saved."
     tables_saved_note = (
-        "the latency table first, then the ε-loss importance of every entry; the tables appear "
-        "when both are done"
+        "the latency table first, then the ε-loss importance of every entry, each finished entry "
+        "saved at once (a stopped run resumes where it stopped); the tables appear when both are "
+        "done"
     )
 
     def choose(self, request: ModelRequest) -> tuple[ModelChoice, dict[str, torch.Tensor] | None]:
@@ -139,7 +140,7 @@ class SamplesPanel(Panel):
             right.info("Seeded initial weights: the samples are noise until the UNet is trained.")
 
     def tables_form(self) -> None:
-        problem = jobs_tables.unet_data_problem(caches.bundle())
+        problem = jobs_tables.data_problem()
         if problem is not None:
             st.warning(f"No tables can be computed here: {problem}.")
             return
@@ -169,12 +170,14 @@ class SamplesPanel(Panel):
             cols[4].number_input("Importance processes", 1, 64, 1, key="unet_tables_jobs")
             if st.form_submit_button("Compute the tables", key="compute_tables", type="primary"):
                 values = st.session_state
-                jobs_tables.start_unet_tables(
+                jobs_tables.start_tables(
                     batch=int(values.unet_tables_batch),
-                    steps=int(values.unet_tables_steps),
-                    holdout_images=int(values.unet_tables_holdout),
                     processes=int(values.unet_tables_jobs),
                     threads=int(values.unet_tables_threads),
+                    settings={
+                        "steps": int(values.unet_tables_steps),
+                        "eval_images": int(values.unet_tables_holdout),
+                    },
                 )
                 st.rerun(scope="app")
 
