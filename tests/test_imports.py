@@ -106,3 +106,43 @@ def test_only_the_family_registry_asks_which_family_a_model_is() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "p": {"p.x"}, "p.x": {"p"}}
     assert _cycles(edges) == [["a", "b", "c"]]
+
+
+# Page modules that start a core workflow for every family: they go through core.workflows and the
+# family protocol (core.families), never a family's own modules.
+FAMILY_FREE_PAGES = ("pages/_shared/jobs_tables.py", "pages/_shared/jobs_measure.py")
+
+
+def _family_internals(name: str, path: Path, modules: dict[str, Path]) -> list[str]:
+    """The modules of one family's package (``core.families.unet...``) that ``path`` imports."""
+    families = {
+        p.name for p in (ROOT / "core" / "families").iterdir() if (p / "__init__.py").exists()
+    }
+    return sorted(
+        target
+        for target in _imports(name, path, modules)
+        if target.split(".")[:2] == ["core", "families"]
+        and len(target.split(".")) > 2
+        and target.split(".")[2] in families
+    )
+
+
+def test_the_job_modules_import_no_family_internals() -> None:
+    modules = _modules()
+    found = {
+        page: _family_internals(".".join(Path(page).with_suffix("").parts), ROOT / page, modules)
+        for page in FAMILY_FREE_PAGES
+    }
+    assert found == {page: [] for page in FAMILY_FREE_PAGES}
+
+
+def test_the_family_internals_check_finds_a_family_import(tmp_path: Path) -> None:
+    page = tmp_path / "page.py"
+    page.write_text(
+        "from core.families import family_for\n"
+        "def f():\n"
+        "    from core.families.unet.latency import measure_unet_latency\n"
+        "    import core.families.classifier.family\n"
+    )
+    found = _family_internals("pages.page", page, _modules())
+    assert found == ["core.families.classifier.family", "core.families.unet.latency"]

@@ -1,9 +1,12 @@
 """Measurements a page asks for while the user waits: the merged network timed, its accuracy tested.
 
-These run in the script thread behind a spinner (seconds on the demo models), and each is the single
-place to swap for core's measure or evaluate workflow. The speed protocol is core's
-(``core.benchmark.measure_side_by_side``): original and merged alternate in one call, at the
-tables' batch and thread count, so the two numbers and the table's prediction compare side by side.
+These run in the script thread behind a spinner (seconds on the demo models). The timing is core's
+measure workflow (:func:`core.workflows.measure.measure`), the one ``python -m core bench`` runs,
+for every family: the family names the fair baseline (a classifier's original with BN folded, a
+UNet's module as built) and what one timed call is (a UNet: one denoising step); original and
+merged alternate in one call, at the tables' batch and thread count, beside the one speed
+model's prediction (:func:`core.speed.predict_speed` on the tables' meta.json), so the numbers
+compare side by side. Nothing here asks which family a model is.
 """
 
 from __future__ import annotations
@@ -12,77 +15,71 @@ from typing import Any
 
 from torch import nn
 
-from core.benchmark import folded_original, measure_side_by_side, predicted_speedup
-from core.families.unet.export import count_convs
-from core.families.unet.latency import UNetForward
 from core.finetune import evaluate
-from core.merge import merge_model
 from core.solution import Solution
+from core.workflows.measure import Measurement
+from core.workflows.measure import measure as measure_workflow
+from core.workflows.model import LoadedModel
 from pages._shared import caches
 from pages._shared.tables_in_use import TablesInUse
 
-__all__ = ["measure_classifier", "measure_unet", "evaluate_accuracy"]
+__all__ = ["measure", "measure_classifier", "measure_unet", "evaluate_accuracy", "ROUNDS"]
+
+ROUNDS = 7  # alternating rounds per network: seconds on the demo models, medians that hold
 
 
-def measure_classifier(solution: Solution, used: TablesInUse) -> dict[str, Any]:
-    """A classifier's merged network of ``solution`` timed beside the original (BN folded)."""
-    model, traced = caches.bundle().model, caches.chain()
-    merged = merge_model(model, traced, solution)  # a new module: the shared model is untouched
-    batch, threads, network_ms = _settings(used)
-    result = measure_side_by_side(
-        folded_original(model, traced),
-        merged,
-        input_shape=traced.input_shape,
-        batch=batch,
-        threads=threads,
-        rounds=9,
+def measure(solution: Solution, used: TablesInUse) -> dict[str, Any]:
+    """The merged network of ``solution`` timed beside the family's baseline, on torch eager.
+
+    Returns what the Budget page and the export view show: ``original_ms``, ``merged_ms``,
+    ``measured_speedup``, ``predicted_speedup`` (the speed model on ``used``'s meta.json),
+    ``predicted_merged_ms`` and ``table_network_ms`` (the measured original the prediction
+    stands on, None without one), ``original_depth``/``merged_depth`` (main-path convs),
+    ``original_convs``/``merged_convs`` (conv layers) and ``how`` (one line: the protocol).
+
+    Raises:
+        TableMismatchError: the tables in use belong to another network.
+    """
+    model = LoadedModel(caches.family(), caches.bundle(), caches.traced())
+    done = measure_workflow(
+        model,
+        solution,
+        compressed=caches.merged(solution),  # shared: the workflow only reads it
+        backends=("torch",),
+        rounds=ROUNDS,
+        tables_meta=used.tables.meta,
     )
+    return measurement_record(done, network=model.family.table_notes.network)
+
+
+def measurement_record(done: Measurement, *, network: str = "network") -> dict[str, Any]:
+    """The page's record of a torch measurement (see :func:`measure`), JSON-able."""
+    timed = done.comparisons[0]
+    predicted = done.predicted or {}
+    how = (
+        f"one {network} forward at batch {timed.batch}, {timed.threads} thread(s), torch eager, "
+        f"median of {timed.rounds} alternating rounds; baseline: {done.baseline}"
+    )
+    if done.settings_note:
+        how += f"; {done.settings_note}"
     return {
-        "original_ms": result.original_ms,
-        "merged_ms": result.compressed_ms,
-        "measured_speedup": result.speedup,
-        "predicted_speedup": predicted_speedup(
-            solution.latency_ms, used.original_ms, solution=solution, meta=used.tables.meta
-        ),
-        "original_depth": len(traced.convs),
-        "merged_depth": merged.depth(),
-        "how": (
-            f"torch eager, batch {result.batch}, {result.threads} thread(s), median of "
-            f"{result.rounds} alternating rounds; baseline with BN folded"
-        ),
+        "original_ms": timed.original_ms,
+        "merged_ms": timed.compressed_ms,
+        "measured_speedup": timed.speedup,
+        "predicted_speedup": predicted.get("speedup"),
+        "predicted_merged_ms": predicted.get("predicted_ms"),
+        "table_network_ms": predicted.get("network_ms"),
+        "original_depth": done.original["depth"],
+        "merged_depth": done.compressed["depth"],
+        "original_convs": done.original["conv_count"],
+        "merged_convs": done.compressed["conv_count"],
+        "how": how,
     }
 
 
-def measure_unet(solution: Solution, used: TablesInUse) -> dict[str, Any]:
-    """One denoising step of the original and the merged UNet of ``solution``, side by side."""
-    original = caches.bundle().model
-    merged = caches.merged(solution)
-    batch, threads, network_ms = _settings(used)
-    result = measure_side_by_side(
-        UNetForward(original),
-        UNetForward(merged),
-        input_shape=caches.chain().input_shape,
-        batch=batch,
-        threads=threads,
-        rounds=7,
-    )
-    speedup = predicted_speedup(
-        solution.latency_ms, used.original_ms, solution=solution, meta=used.tables.meta
-    )
-    return {
-        "original_ms": result.original_ms,
-        "merged_ms": result.compressed_ms,
-        "measured_speedup": result.speedup,
-        "predicted_speedup": speedup,
-        "predicted_merged_ms": network_ms / speedup if network_ms else None,
-        "table_network_ms": network_ms,
-        "original_convs": count_convs(original),
-        "merged_convs": count_convs(merged),
-        "how": (
-            f"one UNet forward (a denoising step) at batch {result.batch}, {result.threads} "
-            f"thread(s), torch eager, median of {result.rounds} alternating rounds"
-        ),
-    }
+# The names the panels called before the measurement was one function for every family.
+measure_classifier = measure
+measure_unet = measure
 
 
 def evaluate_accuracy(network: nn.Module) -> dict[str, float]:
@@ -92,15 +89,3 @@ def evaluate_accuracy(network: nn.Module) -> dict[str, float]:
         "before": evaluate(caches.bundle().model, test).accuracy,
         "after": evaluate(network, test).accuracy,
     }
-
-
-def _settings(used: TablesInUse) -> tuple[int, int | None, float | None]:
-    """The tables' batch, thread count and whole-network latency (what a fair timing reuses)."""
-    meta = used.tables.meta
-    threads = meta.get("threads")
-    network_ms = meta.get("network_latency_ms")
-    return (
-        int(meta.get("batch") or 1),
-        int(threads) if threads else None,
-        float(network_ms) if network_ms else None,
-    )

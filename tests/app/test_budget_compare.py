@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.benchmark import predicted_speedup
 from core.dp import frontier, pick
 from core.families import family_for
 from core.tables import read_tables
 from pages._shared import measured
 from pages._shared.jobs import registry
+from pages._shared.pins import merged_depth
 from pages._shared.state import solution_key
 from tests.app.chart_events import figure, trace
 from tests.app.support import ROOT, open_page, texts, wait_until
@@ -60,6 +62,28 @@ def test_accuracy_after_surgery_is_measured_in_the_background(budget_page: AppTe
     surgery = trace(at, CHART, "after surgery, measured (this session)")
     assert surgery["y"] == pytest.approx([expected])
     assert trace(at, CHART, "original, measured (this session)")["x"] == [1.0]
+
+
+def test_measure_times_the_merged_network_beside_the_speed_models_prediction(
+    budget_page: AppTest,
+) -> None:
+    at = budget_page
+    at.button(key="measure").click().run()
+    assert not at.exception, at.exception
+    solution = at.session_state["solution"]
+    table = next(d.value for d in at.dataframe if "main-path convs" in d.value.columns)
+    assert list(table["network"]) == ["original (BN folded)", "merged"]
+    assert all(float(cell.split()[0].replace(",", "")) > 0 for cell in table["measured"])
+    owner = family_for("digits_resnet")
+    convs = len(owner.chain_of(owner.trace(owner.load("digits_resnet"))).convs)
+    assert list(table["main-path convs"]) == [str(convs), str(merged_depth(solution))]
+    # the one speed model on the tables' meta.json, as the CLI's bench predicts it
+    predicted = predicted_speedup(
+        solution.latency_ms, RESNET.original_latency_ms, solution=solution, meta=RESNET.meta
+    )
+    line = next(m.value for m in at.markdown if m.value.startswith("Speed-up predicted"))
+    assert line.startswith(f"Speed-up predicted **{predicted:.2f}×**, measured **"), line
+    assert "torch eager" in line and "baseline: original, BN folded" in line
 
 
 def test_pinning_two_solutions_shows_both_rows(budget_page: AppTest) -> None:

@@ -114,6 +114,11 @@ def test_tables_budget_and_learn_pages_on_digits_unet(unet_tables: Path) -> None
     table = frame_with(at, "UNet")
     assert list(table["UNet"]) == ["original", "merged"]
     assert all(float(cell.split()[0]) > 0 for cell in table["measured step"]), table
+    # the speed model's merged step is the measured original's step over its predicted speed-up
+    line = next(m.value for m in at.markdown if m.value.startswith("Speed-up of one denoising"))
+    predicted = float(re.search(r"predicted \*\*([0-9.]+)×", line).group(1))
+    original, merged = (float(cell.split()[0].replace(",", "")) for cell in table["predicted step"])
+    assert original / merged == pytest.approx(predicted, abs=0.01), (line, table)
     at.switch_page("pages/learn.py").run()
     assert not at.exception, at.exception[0].value if at.exception else ""
     assert at.info and "diffusion UNet" in at.info[0].value

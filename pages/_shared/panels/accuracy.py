@@ -133,7 +133,7 @@ class AccuracyPanel(Panel):
             "side by side",
         ):
             with st.spinner("Merging and timing…"):
-                stored = jobs_measure.measure_classifier(solution, used)
+                stored = jobs_measure.measure(solution, used)
             state.remember_measurement("speed", solution, stored)
         if stored is None:
             st.caption(
