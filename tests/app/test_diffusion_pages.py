@@ -209,6 +209,20 @@ def test_tables_of_a_diffusers_folder_run_as_a_background_job(tmp_path: Path) ->
     assert registry().get(job_id).status == "cancelled"
 
 
+def test_the_tables_form_says_why_an_rgb_unet_cannot_learn_from_the_digits(tmp_path: Path) -> None:
+    rgb = unet_from_config({**DEMO_UNET_CONFIG, "in_channels": 3, "out_channels": 3}, seed=1)
+    folder = save_unet_folder(rgb, tmp_path / "rgb")
+    at = open_page()
+    at.selectbox(key="model_name").set_value(FOLDER)
+    at.text_input(key="unet_folder").input(str(folder))
+    submit(at)
+    at.switch_page("pages/tables.py").run()
+    assert not at.exception, at.exception[0].value if at.exception else ""
+    warning = " ".join(w.value for w in at.warning)
+    assert "No tables can be computed here" in warning and "3-channel images" in warning, texts(at)
+    assert not any(b.key == "compute_tables" for b in at.button)  # no job that would fail
+
+
 def test_a_cancelled_unet_finetune_resumes_from_its_checkpoint(unet_tables: Path) -> None:
     at = use_unet()
     at.switch_page("pages/budget.py").run()
