@@ -853,9 +853,6 @@ def importance_key(traced: Any, weights_digest: str, data_digest: str, config: A
 # --------------------------------------------------------------------------- private helpers
 
 
-# --------------------------------------------------------------------------- private helpers
-
-
 @dataclass(frozen=True)
 class _Context:
     """Everything a worker needs, shipped once per task (or scattered once on a cluster)."""
