@@ -4,7 +4,8 @@ One starter for every model family: the job runs ``core.workflows.finetune.finet
 call the CLI's ``finetune`` verb makes (training form → the family's loop → merge → evaluate, its
 run state, outputs and metrics in an output folder of the app's runs folder), and turns what the
 workflow reports into the job's progress, curves and figures. A job checkpoints as it trains, so
-``resume_of`` continues a cancelled job where it stopped, with the same model and options.
+:func:`resume_finetune` continues a cancelled job where it stopped, with the same model and
+options, in the same folder.
 
 What a family's panel shows beyond the shared figures (a UNet's sample grids and digits-FD, a
 classifier's accuracies as ``Evaluation`` records) is the panel's ``result`` hook, run in the
@@ -76,7 +77,6 @@ def start_finetune(
     settings: Mapping[str, Any] | None = None,
     label: str = "",
     estimate_s: float | None = None,
-    resume_of: Job | None = None,
     control: bool = False,
 ) -> Job:
     """Finetune the session's model's training form of ``solution`` with core's workflow.
@@ -88,11 +88,8 @@ def start_finetune(
         settings: more of the panel's options, kept in the job's config (its hook reads them).
         label: the settings in words, shown with the job.
         estimate_s: the predicted duration, shown beside the real one.
-        resume_of: a cancelled job to continue (its model, options and output folder).
-        control: also finetune the original with the same recipe (a resumed job keeps its own).
+        control: also finetune the original with the same recipe.
     """
-    if resume_of is not None:
-        return resume_finetune(resume_of)
     which, weights = state.choice(), state.weights()
     options = {"result_hook": result, "control": control, **(settings or {})}
     out = str(FINETUNES / uuid.uuid4().hex[:12])

@@ -89,7 +89,6 @@ def finetune_form(solution: Solution) -> None:
     after = "; the holdout losses and the sampling afterwards (grids, digits-FD) add to it"
     st.markdown(finetune_plan.duration_note(int(steps), seconds, after=after, control=control))
     if st.button("Start finetuning", key="start_finetune", type="primary"):
-        jobs_tables.check_unet_data(caches.bundle())
         options = {
             "steps": int(values.uft_steps),
             "lr": float(values.uft_lr),
