@@ -51,7 +51,7 @@ from typing import Any
 
 from torch import nn
 
-from core.families import FinetuneReport
+from core.families import FinetuneReport, ModelFamily
 from core.files import (
     OutputFile,
     atomic_write_all,
@@ -340,7 +340,7 @@ def data_record(data: Any) -> dict[str, Any]:
     return jsonable(record, what="the data spec")
 
 
-def _interval(family: Any, config: Any, data: Any, evaluations: int) -> int | None:
+def _interval(family: ModelFamily, config: Any, data: Any, evaluations: int) -> int | None:
     """Steps between the run-state evaluations ``evaluations`` asks for (None: none)."""
     if evaluations < 1:
         return None
@@ -351,7 +351,7 @@ def _interval(family: Any, config: Any, data: Any, evaluations: int) -> int | No
 def _watching(
     progress: Callable[[FinetuneReport], None] | None,
     every: int,
-    family: Any,
+    family: ModelFamily,
     state: Path,
     data: Any,
     evaluated: Evaluated,
