@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import frame, job_list, panels, state
+from pages._shared import frame, job_list, jobs_finetune, panels, state
 from pages._shared.budget_state import solution_or_default
 from pages._shared.job_view import job_panel
 
@@ -30,7 +30,7 @@ if job is not None:
         stopped_note="resume it from its checkpoint, or start again below.",
     )
     if job.status == "cancelled" and st.button("Resume from the checkpoint", key="resume_finetune"):
-        panel.resume_finetune(job)
+        jobs_finetune.resume_finetune(job)
         st.rerun()
     same = solution is not None and state.solution_key(solution) == state.solution_key(
         job.config["solution"]

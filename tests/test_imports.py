@@ -14,6 +14,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_CHECK = re.compile(r"is_unet|is_diffusion|model_kind")
+# The app's finetune job and its planning are written once for every family: they call core's
+# finetune workflow and the family protocol, never a family's own loop, surgery or merge.
+FAMILY_NEUTRAL_PAGES = (
+    "pages.finetune",
+    "pages._shared.jobs_finetune",
+    "pages._shared.finetune_plan",
+)
+FAMILY_INTERNALS = ("core.families.", "core.finetune", "core.surgery", "core.merge")
 
 
 def _modules() -> dict[str, Path]:
@@ -101,6 +109,28 @@ def test_only_the_family_registry_asks_which_family_a_model_is() -> None:
         if FAMILY_CHECK.search(line)
     ]
     assert offenders == []
+
+
+def test_the_finetune_job_and_its_plan_import_no_family_internals() -> None:
+    """Other pages' modules still import family modules (see the report of issue 15); these no
+    longer hold a second copy of the finetune pipeline."""
+    modules = _modules()
+    imported = {
+        name: sorted(
+            target
+            for target in _imports(name, modules[name], modules)
+            if target.startswith(FAMILY_INTERNALS) and target != "core.families.base"
+        )
+        for name in FAMILY_NEUTRAL_PAGES
+    }
+    assert imported == dict.fromkeys(FAMILY_NEUTRAL_PAGES, [])
+
+
+def test_the_family_internals_rule_sees_a_family_import() -> None:
+    modules = _modules()
+    grids = _imports("pages._shared.grids", modules["pages._shared.grids"], modules)
+    assert "core.families.unet.sampling" in grids  # a page helper that samples UNets
+    assert {t for t in grids if t.startswith(FAMILY_INTERNALS)}
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -9,6 +9,7 @@ and that an option given as 0 counts as given.
 from __future__ import annotations
 
 import copy
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,10 @@ from core.flow import compress
 from core.segments import keep_everything_solution
 from core.tables import read_tables
 from core.workflows.evaluate import evaluate, stage_metrics
+from core.workflows.finetune import finetune
 from core.workflows.measure import measure
 from core.workflows.model import load_data, load_model
+from tests.helpers import random_solution
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,3 +98,43 @@ def test_an_option_given_as_zero_is_given() -> None:
     config = family.finetune_config(options, None)
     assert config.warmup_fraction == 0.0 and config.batch_size == 8
     assert family.finetune_config({}, None).warmup_fraction > 0
+
+
+def test_a_watched_finetune_reports_each_stage_and_its_run_state_while_it_trains(
+    tmp_path: Path,
+) -> None:
+    """What the app's finetune job watches: the same workflow as the CLI, seen from outside."""
+    model = load_model("digits_resnet")
+    data = load_data(model, "digits")
+    family = model.family
+    config = family.finetune_config({"steps": 6, "batch_size": 8, "device": "cpu"}, data)
+    segments = family.segments(model.traced)
+    solution = random_solution(model.chain, random.Random(4), segments=segments)
+    seen: list[tuple[str, int, dict[str, float]]] = []
+    points: list[tuple[dict[str, float | None], bool]] = []
+    done = finetune(
+        model,
+        solution,
+        data,
+        config,
+        out=tmp_path / "ft",
+        progress=lambda report: points.append(family.curve_point(report)),
+        evaluated=lambda stage, step, figures: seen.append((stage, step, dict(figures))),
+        evaluations=3,
+    )
+    assert done.status == "completed"
+    stages = [(stage, step) for stage, step, _ in seen]
+    assert stages == [
+        ("original", 0),
+        ("surgery", 0),
+        ("interim", 2),
+        ("interim", 4),
+        ("merged", 6),
+    ]
+    assert done.config["checkpoint_every"] == 2  # the run state is written where it is evaluated
+    figures = {stage: figures for stage, _, figures in seen}
+    assert figures["original"]["accuracy"] == done.metrics["accuracy_before"]
+    assert figures["surgery"]["accuracy"] == done.metrics["accuracy_after_surgery"]
+    assert figures["merged"]["accuracy"] == done.metrics["accuracy_after"]
+    assert all(0.0 <= f["accuracy"] <= 100.0 for stage, _, f in seen if stage == "interim")
+    assert len(points) == 6 and all(set(p) == {"loss", "accuracy"} and not m for p, m in points)

@@ -328,6 +328,34 @@ class ModelFamily(abc.ABC):
         """
         raise LayerMergeError(f"the {self.name} family has no finetune")
 
+    # What a view needs to watch a finetune while it runs (the app's curves): by default one
+    # training loss per step, and no evaluation beyond the loop's own.
+    def curve_point(self, report: FinetuneReport) -> tuple[dict[str, float | None], bool]:
+        """One point of a finetune's live curves: figures by name, and whether it is a measured one.
+
+        A measured point (a held-out loss the loop computed at this step) is one a view keeps
+        when it thins the ordinary per-step points of a long run.
+        """
+        loss = getattr(report, "loss", None)
+        return {"loss": float(loss) if isinstance(loss, int | float) else None}, False
+
+    def finetune_steps(self, config: Any, data: Any) -> int | None:
+        """Steps a finetune with ``config`` runs on ``data``, for a family that evaluates its run
+        states while it trains (:meth:`interim_network`); None for one that does not.
+
+        The finetune workflow then writes the run state at the evaluations' interval (the
+        config's ``checkpoint_every``, which changes neither batches nor weights).
+        """
+        return None
+
+    def interim_network(self, state: Path, step: int) -> nn.Module | None:
+        """The training form the run state ``state`` holds, if the loop wrote it at ``step``."""
+        return None
+
+    def interim_figures(self, network: nn.Module, data: Any) -> dict[str, float]:
+        """Quick figures of a network mid-finetune (by default the full :meth:`evaluate`)."""
+        return self.evaluate(network, data)
+
     def save_finetuned(
         self,
         network: nn.Module,

@@ -24,6 +24,12 @@ that the finetune would have given the original as well is not read as the compr
 A set ``cancel`` event stops the loop cleanly before its next step (state saved, status
 ``"cancelled"``); nothing is merged then, and the same call later resumes.
 
+A caller that watches the run (the app's finetune job, drawing live curves) gets each network's
+figures as soon as they are measured (``evaluated``: the original, the training form before
+finetuning, the finetuned and merged networks) and, with ``evaluations``, quick figures of the run
+state about that many times while it trains, for a family that evaluates its run states
+(``ModelFamily.finetune_steps``): the same run the CLI makes, seen from the outside.
+
 Example:
     >>> model = load_model("digits_resnet")  # doctest: +SKIP
     >>> data = load_data(model, "digits")  # doctest: +SKIP
@@ -34,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -44,7 +51,7 @@ from typing import Any
 
 from torch import nn
 
-from core.families import FinetuneReport
+from core.families import FinetuneReport, ModelFamily
 from core.files import (
     OutputFile,
     atomic_write_all,
@@ -61,7 +68,6 @@ from core.workflows.control import (
     default_control_cache,
     finetune_control,
 )
-from core.workflows.evaluate import stage_metrics
 from core.workflows.model import LoadedModel, check_finite_figures
 from core.workflows.outputs import output_dir, written
 
@@ -72,11 +78,14 @@ __all__ = [
     "FinetuneOutcome",
     "finetune",
     "data_record",
+    "Evaluated",
 ]
 
 COMPRESSED_NAME = "compressed.pt"
 ONNX_NAME = "compressed.onnx"
 METRICS_NAME = "metrics.json"
+# (stage, step, figures): "original", "surgery" (step 0), "interim", "finetuned", "merged"
+Evaluated = Callable[[str, int, Mapping[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,8 @@ def finetune(
     control: bool = False,
     control_cache: str | Path | None = None,
     control_progress: Callable[[FinetuneReport], None] | None = None,
+    evaluated: Evaluated | None = None,
+    evaluations: int = 0,
 ) -> FinetuneOutcome:
     """Finetune the training form of ``solution``, then merge, score and save it, in ``out``.
 
@@ -171,6 +182,12 @@ def finetune(
         control_cache: where controls are kept; by default ``controls/`` beside ``out``
             (:func:`core.workflows.control.default_control_cache`).
         control_progress: called after every step of the control's loop.
+        evaluated: called with ``(stage, step, figures)`` as each network's figures
+            (``ModelFamily.evaluate``) are measured: ``original`` and ``surgery`` at step 0,
+            ``interim`` while it trains (see ``evaluations``), ``finetuned`` and ``merged`` after.
+        evaluations: evaluate the run state about this many times while it trains
+            (``ModelFamily.interim_figures``), for a family that evaluates its run states; the
+            state is then written at that interval. 0: never.
 
     Raises:
         LayerMergeError: settings or a run state of other options, a file not writable, ...
@@ -182,10 +199,25 @@ def finetune(
         state.unlink(missing_ok=True)
     resuming = state.is_file()
     training = family.training_form(bundle.model, traced, solution)
+    names = family.metric_names("finetune")
 
-    def figures(stage: str, network: nn.Module) -> dict[str, float]:
-        return stage_metrics(family, "finetune", stage, network, data)
+    def figures(stage: str, network: nn.Module, step: int = 0) -> dict[str, float]:
+        """``network``'s figures under the keys finetune records them at ``stage`` (none if
+        unused), told to ``evaluated`` first."""
+        template = names.get(stage)
+        if template is None:
+            return {}
+        measured = family.evaluate(network, data)
+        if evaluated is not None:
+            evaluated(stage, step, measured)
+        return {template.format(name): value for name, value in measured.items()}
 
+    every = _interval(family, config, data, evaluations) if evaluated is not None else None
+    if every is not None:
+        config = dataclasses.replace(config, checkpoint_every=every)
+    watched = (
+        progress if every is None else _watching(progress, every, family, state, data, evaluated)
+    )
     original = figures("original", bundle.model)
     check_finite_figures(original, what=f"the original {bundle.name} on {data.name}")
     record = data_record(data)
@@ -203,10 +235,10 @@ def finetune(
         config,
         checkpoint=state,
         metadata={"solution": solution.to_dict(), "data": record, "metrics": dict(metrics)},
-        progress=progress,
+        progress=watched,
         cancel=cancel,
     )
-    metrics.update(figures("finetuned", run.network))
+    metrics.update(figures("finetuned", run.network, run.step))
     metrics.update(
         finetune_steps=run.step,
         finetune_total_steps=run.total_steps,
@@ -237,7 +269,7 @@ def finetune(
     if run.status == "completed":
         merged = family.merge(run.network, traced, solution)
         metrics["merge_max_relative_error"] = family.merge_error(run.network, merged, traced)
-        metrics.update(figures("merged", merged))
+        metrics.update(figures("merged", merged, run.step))
         metrics["original"] = family.network_summary(bundle.model, traced)
         metrics["compressed"] = family.network_summary(merged, traced)
         checkpoint = family.checkpoint(merged, bundle, traced, solution, metrics=jsonable(metrics))
@@ -306,3 +338,34 @@ def data_record(data: Any) -> dict[str, Any]:
     if isinstance(preprocessing, Mapping):
         record.update(preprocessing)
     return jsonable(record, what="the data spec")
+
+
+def _interval(family: ModelFamily, config: Any, data: Any, evaluations: int) -> int | None:
+    """Steps between the run-state evaluations ``evaluations`` asks for (None: none)."""
+    if evaluations < 1:
+        return None
+    total = family.finetune_steps(config, data)
+    return None if not total else max(1, math.ceil(total / evaluations))
+
+
+def _watching(
+    progress: Callable[[FinetuneReport], None] | None,
+    every: int,
+    family: ModelFamily,
+    state: Path,
+    data: Any,
+    evaluated: Evaluated,
+) -> Callable[[FinetuneReport], None]:
+    """``progress``, then every ``every`` steps (the last excepted: the merged network's figures
+    follow it) the figures of the run state the loop has just written."""
+
+    def report(step: FinetuneReport) -> None:
+        if progress is not None:
+            progress(step)
+        if step.step % every or step.step >= step.total_steps:
+            return
+        network = family.interim_network(state, step.step)
+        if network is not None:
+            evaluated("interim", step.step, family.interim_figures(network, data))
+
+    return report

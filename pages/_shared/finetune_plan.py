@@ -15,19 +15,14 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
 
 from core.chain import Chain
-from core.families.unet.finetune import UNetFinetuneConfig, finetune_unet
-from core.families.unet.flow import apply_unet_solution
-from core.finetune import FinetuneConfig, evaluate, finetune
 from core.solution import Solution
-from core.surgery import build_training_network
 from pages._shared import caches, state
-from pages._shared.jobs_finetune import EVALUATIONS, INTERIM_TEST_IMAGES
+from pages._shared.jobs_finetune import EVALUATIONS
 from pages._shared.numbers import count, duration
 from pages._shared.state import ModelChoice
 from pages._shared.tables_in_use import TablesInUse
@@ -38,8 +33,7 @@ __all__ = [
     "classifier_recommendation",
     "unet_recommendation",
     "step_seconds",
-    "time_classifier_steps",
-    "time_unet_steps",
+    "time_steps",
     "duration_note",
     "control_checkbox",
 ]
@@ -50,7 +44,6 @@ DEEP_CUT = 0.5  # below this share of the original latency, twice the recipe
 TIMED_STEPS = 10  # steps run to time a finetune: WARM_STEPS of warm-up, then the steady pace
 WARM_STEPS = 5  # the first steps are slower (allocations, kernel selection): timed apart
 AUTO_TIMING_S = 4.0  # time a few steps without asking when that should take less than this
-Timer = Callable[[tuple, Solution, ModelChoice], "Pace"]
 
 
 @dataclass(frozen=True)
@@ -104,15 +97,12 @@ class Pace:
         return self.warm_s + (steps - WARM_STEPS) * self.step_s + tests
 
 
-def step_seconds(
-    solution: Solution, used: TablesInUse | None, *, batch: int, timer: Timer
-) -> Pace | None:
+def step_seconds(solution: Solution, used: TablesInUse | None, *, batch: int) -> Pace | None:
     """How fast a finetune of ``solution`` at ``batch`` runs on this machine, timed (cached).
 
-    ``timer`` is the panel's (:func:`time_classifier_steps`, :func:`time_unet_steps`). It runs
-    TIMED_STEPS real steps in the script thread when that is predicted to be short (from the
-    measured network time in the tables); otherwise only after the user asks (a button), and None
-    until then.
+    :func:`time_steps` (the same for every family) runs TIMED_STEPS real steps in the script
+    thread when that is predicted to be short (from the measured network time in the tables);
+    otherwise only after the user asks (a button), and None until then.
     """
     which = state.choice()
     key = (which.key, which.data_spec, state.solution_key(solution), batch)
@@ -125,7 +115,7 @@ def step_seconds(
         ):
             return None
     asked.add(key)
-    return timer(key, solution, which)
+    return time_steps(key, solution, which)
 
 
 def control_checkbox() -> bool:
@@ -170,29 +160,37 @@ def duration_note(steps: int, pace: Pace | None, *, after: str = "", control: bo
 
 
 @st.cache_data(show_spinner="Timing a few training steps…", max_entries=32)
-def time_classifier_steps(key: tuple, _solution: Solution, _which: ModelChoice) -> Pace:
-    """Seconds per step of a classifier's finetune (core.finetune), timed on a few steps."""
-    model, traced = caches.bundle(_which).model, caches.traced(_which)
-    network = build_training_network(model, traced, _solution)
-    config = FinetuneConfig(steps=TIMED_STEPS, batch_size=key[-1])
-    elapsed: list[float] = []
-    data = caches.data(_which).finetune
-    finetune(network, data, config=config, progress=lambda r: elapsed.append(r.elapsed_s))
-    started = time.perf_counter()
-    evaluate(network, caches.data(_which).test, limit=INTERIM_TEST_IMAGES)  # as the job does
-    return dataclasses.replace(_per_step(elapsed), evaluation_s=time.perf_counter() - started)
+def time_steps(key: tuple, _solution: Solution, _which: ModelChoice) -> Pace:
+    """Seconds per step of a finetune of ``_solution`` (the family's own loop), timed on a few.
 
-
-@st.cache_data(show_spinner="Timing a few training steps…", max_entries=32)
-def time_unet_steps(key: tuple, _solution: Solution, _which: ModelChoice) -> Pace:
-    """Seconds per step of a UNet's ε-loss finetune, timed on a few steps."""
-    model, traced = caches.bundle(_which).model, caches.traced(_which)
-    network = apply_unet_solution(model, traced, _solution).training_network  # a new module
-    config = UNetFinetuneConfig(steps=TIMED_STEPS + 1, batch_size=key[-1], eval_every=10**9)
-    elapsed: list[float] = []
+    The same calls as the job (``ModelFamily.training_form`` and ``finetune``, at the batch in
+    ``key``), without a run state; a family that evaluates its run states while it trains
+    (``ModelFamily.finetune_steps``) has one such evaluation timed too, as the job runs
+    EVALUATIONS of them.
+    """
+    family, bundle, traced = caches.family(_which), caches.bundle(_which), caches.traced(_which)
     data = caches.data(_which)
-    finetune_unet(network, data, config, progress=lambda r: elapsed.append(r.elapsed_s))
-    return _per_step(elapsed)
+    training = family.training_form(bundle.model, traced, _solution)  # a new module
+    # one step more than timed: a loop may evaluate at its last step
+    config = family.finetune_config({"steps": TIMED_STEPS + 1, "batch_size": key[-1]}, data)
+    elapsed: list[float] = []
+    run = family.finetune(
+        bundle,
+        traced,
+        training,
+        data,
+        config,
+        checkpoint=None,
+        metadata={},
+        progress=lambda report: elapsed.append(report.elapsed_s),
+        cancel=None,
+    )
+    pace = _per_step(elapsed)
+    if family.finetune_steps(config, data) is None:
+        return pace
+    started = time.perf_counter()
+    family.interim_figures(run.network, data)  # as the job does, EVALUATIONS times
+    return dataclasses.replace(pace, evaluation_s=time.perf_counter() - started)
 
 
 def _per_step(elapsed: list[float]) -> Pace:

@@ -3,6 +3,9 @@ and sessions never see each other's model, solution or jobs."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -38,6 +41,12 @@ def test_finetune_runs_in_the_background_and_survives_a_reload(budget_page: AppT
     assert "No control ran" in texts(reloaded)  # no control asked: the results say so
     assert job.result["control"] is None and "vs control" not in job.result["comparison"]["line"]
     assert job.history and job.history[-1]["step"] == 4
+    # the job is core's finetune workflow, the CLI's: its folder holds what `finetune` writes
+    out = Path(job.result["out"])
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 4
+    assert summary["metrics"]["accuracy_after"] == job.result["after"].accuracy
+    assert (out / "compressed.pt").is_file()
     # the Export page now offers the finetuned network
     reloaded.switch_page("pages/export.py").run()
     assert not reloaded.exception

@@ -177,6 +177,24 @@ class ClassifierFamily(ModelFamily):
 
         return run_finetune(bundle, training, data, config, **run)
 
+    def curve_point(self, report: Any) -> tuple[dict[str, float | None], bool]:
+        return {"loss": report.loss, "accuracy": report.accuracy}, False
+
+    def finetune_steps(self, config: Any, data: Any) -> int | None:
+        from core.families.classifier.workflow import finetune_steps
+
+        return finetune_steps(config, data)
+
+    def interim_network(self, state: Path, step: int) -> nn.Module | None:
+        from core.families.classifier.workflow import interim_network
+
+        return interim_network(state, step)
+
+    def interim_figures(self, network: nn.Module, data: Any) -> dict[str, float]:
+        from core.families.classifier.workflow import interim_figures
+
+        return interim_figures(network, data)
+
     def load_finetuned(
         self,
         source: str | Path,

@@ -22,13 +22,30 @@ from core.errors import LayerMergeError
 from core.families.base import FinetunedWeights, FinetuneReport, FinetuneRun
 from core.families.options import refuse, value_or
 from core.files import jsonable
-from core.finetune import FinetuneConfig, finetune, load_finetune_checkpoint
+from core.finetune import (
+    FinetuneConfig,
+    evaluate,
+    finetune,
+    load_finetune_checkpoint,
+    network_from_finetune_checkpoint,
+)
 from core.models import ModelBundle
 from core.network import StepNetwork
 
-__all__ = ["STATE_NAME", "finetune_config", "run_finetune", "load_finetuned", "summary"]
+__all__ = [
+    "STATE_NAME",
+    "INTERIM_TEST_IMAGES",
+    "finetune_config",
+    "finetune_steps",
+    "run_finetune",
+    "interim_network",
+    "interim_figures",
+    "load_finetuned",
+    "summary",
+]
 
 STATE_NAME = "checkpoint.pt"  # the finetune checkpoint inside a finetune output folder
+INTERIM_TEST_IMAGES = 2000  # test images an evaluation mid-finetune reads (the final one: all)
 _DEFAULTS = FinetuneConfig()
 _MODELS = "classifiers"
 
@@ -104,6 +121,32 @@ def run_finetune(
     return FinetuneRun.of(
         result, network=result.network, device=result.device, figures={"train_accuracy": accuracy}
     )
+
+
+def finetune_steps(config: FinetuneConfig, data: Any) -> int:
+    """Steps the loop runs: ``config.steps``, else its epochs over the finetune split."""
+    return config.steps or config.epochs * math.ceil(len(data.finetune) / config.batch_size)
+
+
+def interim_network(state: Path, step: int) -> nn.Module | None:
+    """The training form of the finetune checkpoint at ``state``, if written at ``step``.
+
+    None when there is no readable checkpoint there yet or it holds another step (the loop wrote
+    none at ``step``): an evaluation mid-run is a view, never a reason to stop the run.
+    """
+    try:
+        saved = load_finetune_checkpoint(state)
+    except LayerMergeError:
+        return None
+    if saved["step"] != step:
+        return None
+    return network_from_finetune_checkpoint(saved)
+
+
+def interim_figures(network: nn.Module, data: Any) -> dict[str, float]:
+    """Test accuracy and loss of a network mid-finetune, on the first INTERIM_TEST_IMAGES."""
+    result = evaluate(network, data.test, limit=INTERIM_TEST_IMAGES)
+    return {"accuracy": result.accuracy, "loss": result.loss}
 
 
 def load_finetuned(source: str | Path, training: StepNetwork) -> FinetunedWeights:

@@ -209,6 +209,10 @@ class UNetFamily(ModelFamily):
         run.pop("metadata", None)  # the run state has no place for it: finetuned.pt names the model
         return run_finetune(training, data, config, **run)
 
+    def curve_point(self, report: Any) -> tuple[dict[str, float | None], bool]:
+        holdout = report.holdout_loss
+        return {"loss": report.train_loss, "holdout": holdout}, holdout is not None
+
     def save_finetuned(
         self,
         network: nn.Module,

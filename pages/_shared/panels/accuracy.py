@@ -169,8 +169,5 @@ class AccuracyPanel(Panel):
     def finetune_quality(self, result: dict) -> tuple[float | None, float | None]:
         return result["unfinetuned"].accuracy, result["after"].accuracy
 
-    def resume_finetune(self, job: Job) -> Job:
-        return accuracy_finetune.resume(job)
-
     def export_view(self, solution: Solution, used: TablesInUse) -> ExportView:
         return export_view(solution, used)

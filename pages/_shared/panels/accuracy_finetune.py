@@ -6,9 +6,12 @@ that module uses these.
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
-from core.finetune import FinetuneConfig
+from core.families.classifier.workflow import INTERIM_TEST_IMAGES
+from core.finetune import Evaluation
 from core.solution import Solution
 from pages._shared import caches, finetune_plan, jobs_finetune, state
 from pages._shared.curves import accuracy_curves
@@ -17,7 +20,7 @@ from pages._shared.numbers import count, duration, ms, percent
 from pages._shared.panels.control_view import control_notes
 from pages._shared.tables_in_use import tables_in_use
 
-__all__ = ["finetune_form", "finetune_view", "resume"]
+__all__ = ["finetune_form", "finetune_view", "finetune_result"]
 
 
 def finetune_form(solution: Solution) -> None:
@@ -64,27 +67,47 @@ def finetune_form(solution: Solution) -> None:
         help="0: plain labels; Kim23 uses 0.3 with the original network as teacher",
     )
     control = finetune_plan.control_checkbox()
-    seconds = finetune_plan.step_seconds(
-        solution, used, batch=batch, timer=finetune_plan.time_classifier_steps
-    )
+    seconds = finetune_plan.step_seconds(solution, used, batch=batch)
     st.markdown(finetune_plan.duration_note(int(steps), seconds, control=control))
     if st.button("Start finetuning", key="start_finetune", type="primary"):
-        config = FinetuneConfig(
-            steps=int(values.ft_steps),
-            lr=float(values.ft_lr),
-            batch_size=int(values.ft_batch),
-            distill_alpha=float(values.ft_distill),
-        )
+        options = {
+            "steps": int(values.ft_steps),
+            "lr": float(values.ft_lr),
+            "batch_size": int(values.ft_batch),
+            "distill": float(values.ft_distill),
+        }
+        config = caches.family().finetune_config(options, caches.data())
         label = f"SGD, lr {config.lr:g}, batch {config.batch_size}, {count(config.steps)} steps"
         if config.distill_alpha:
             label += f", distillation {config.distill_alpha:g}"
         if control:
             label += ", with a control"
         estimate = seconds.seconds(config.steps) if seconds and config.batch_size == batch else None
-        jobs_finetune.start_classifier_finetune(
-            solution, config, label=label, estimate_s=estimate, control=control
+        jobs_finetune.start_finetune(
+            solution,
+            config,
+            result=finetune_result,
+            label=label,
+            estimate_s=estimate,
+            control=control,
         )
         st.rerun()
+
+
+def finetune_result(done: jobs_finetune.Completed) -> dict[str, Any]:
+    """A completed job's accuracies as the views read them: the original's, the merged network's
+    before finetuning (its training form, which merges exactly) and after, on the test split."""
+    images = len(done.data.test)
+
+    def tested(stage: str) -> Evaluation:
+        figures = done.figures[stage]
+        return Evaluation(accuracy=figures["accuracy"], loss=figures["loss"], count=images)
+
+    return {
+        "before": tested("original"),
+        "unfinetuned": tested("surgery"),
+        "after": tested("merged"),
+    }
 
 
 def finetune_view(job: Job) -> None:
@@ -96,7 +119,7 @@ def finetune_view(job: Job) -> None:
             tests,
             reference=job.live.get("reference"),
             total_steps=job.total or job.config["finetune"].steps or 1,
-            test_images=job.live.get("test_images"),
+            test_images=min(len(_data_of(job).test), INTERIM_TEST_IMAGES),
         )
         st.plotly_chart(figure, key=f"curves_{job.id}")
     elif job.active:
@@ -134,8 +157,6 @@ def finetune_view(job: Job) -> None:
     )
 
 
-def resume(job: Job) -> Job:
-    """Continue a stopped classifier finetune from its checkpoint, with its settings."""
-    return jobs_finetune.start_classifier_finetune(
-        job.config["solution"], job.config["finetune"], resume_of=job
-    )
+def _data_of(job: Job) -> Any:
+    """The data the job's model is finetuned and tested on (cached by family, spec and size)."""
+    return caches.data(job.config["choice"], weights=job.config.get("state_dict"))

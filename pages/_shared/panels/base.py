@@ -145,11 +145,12 @@ class Panel(abc.ABC):
 
     @abc.abstractmethod
     def finetune_view(self, job: Job) -> None:
-        """A finetune job's curves so far and, once done, its results."""
+        """A finetune job's curves so far and, once done, its results.
 
-    @abc.abstractmethod
-    def resume_finetune(self, job: Job) -> Job:
-        """Continue a cancelled finetune job from its checkpoint, with its options."""
+        The job is ``pages._shared.jobs_finetune``'s, the same for every family (core's finetune
+        workflow); what the view shows beyond its shared figures, the panel's form asked for
+        with its result hook. A cancelled job resumes with ``jobs_finetune.resume_finetune``.
+        """
 
     # ------------------------------------------------------------------ Export page
     @abc.abstractmethod

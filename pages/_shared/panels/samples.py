@@ -213,9 +213,6 @@ class SamplesPanel(Panel):
     def finetune_quality(self, result: dict) -> tuple[float | None, float | None]:
         return result["holdout_before"], result["holdout_after"]
 
-    def resume_finetune(self, job: Job) -> Job:
-        return samples_finetune.resume(job)
-
     def export_view(self, solution: Solution, used: TablesInUse) -> ExportView:
         return export_view(solution, used)
 

@@ -6,20 +6,23 @@ that module uses these.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import streamlit as st
 
-from core.families.unet.finetune import UNetFinetuneConfig
-from core.families.unet.sampling import DEFAULT_SAMPLING_STEPS
+from core.families.unet.quality import digits_fd
+from core.families.unet.sampling import DEFAULT_SAMPLING_STEPS, ddim_sample, sample_grid
 from core.solution import Solution
 from pages._shared import caches, finetune_plan, jobs_finetune, jobs_tables, state
 from pages._shared.curves import eps_loss_curves
-from pages._shared.grids import grid_caption, show_grid
-from pages._shared.jobs import Job
+from pages._shared.grids import GRID_ROWS, SAMPLE_SEED, SAMPLES, grid_caption, show_grid
+from pages._shared.jobs import Job, progress_reporter
 from pages._shared.numbers import count, decimal, duration, ms
 from pages._shared.panels.control_view import control_notes
 from pages._shared.tables_in_use import tables_in_use
 
-__all__ = ["FD_LABEL", "FD_NOTE", "finetune_form", "finetune_view", "resume"]
+__all__ = ["FD_LABEL", "FD_NOTE", "finetune_form", "finetune_view", "finetune_result"]
 
 FD_LABEL = "digits-FD (our digits classifier's features, not Inception FID)"
 FD_NOTE = (
@@ -82,34 +85,80 @@ def finetune_form(solution: Solution) -> None:
         help="denoising steps per sample for the grids and the digits-FD afterwards",
     )
     control = finetune_plan.control_checkbox()
-    seconds = finetune_plan.step_seconds(
-        solution, used, batch=int(batch), timer=finetune_plan.time_unet_steps
-    )
+    seconds = finetune_plan.step_seconds(solution, used, batch=int(batch))
     after = "; the holdout losses and the sampling afterwards (grids, digits-FD) add to it"
     st.markdown(finetune_plan.duration_note(int(steps), seconds, after=after, control=control))
     if st.button("Start finetuning", key="start_finetune", type="primary"):
-        config = UNetFinetuneConfig(
-            steps=int(values.uft_steps),
-            lr=float(values.uft_lr),
-            batch_size=int(values.uft_batch),
-            eval_every=int(values.uft_eval),
-        )
+        options = {
+            "steps": int(values.uft_steps),
+            "lr": float(values.uft_lr),
+            "batch_size": int(values.uft_batch),
+            "eval_every": int(values.uft_eval),
+        }
+        config = caches.family().finetune_config(options, caches.data())
+        loop = config.config  # the loop's options, beside its device and checkpoint interval
         label = (
-            f"Adam, lr {config.lr:g}, batch {config.batch_size}, {count(config.steps)} steps, "
+            f"Adam, lr {loop.lr:g}, batch {loop.batch_size}, {count(loop.steps)} steps, "
             f"{count(int(values.uft_fd))} samples for digits-FD"
         )
         if control:
             label += ", with a control"
-        jobs_finetune.start_unet_finetune(
+        jobs_finetune.start_finetune(
             solution,
             config,
-            fd_samples=int(values.uft_fd),
-            sampling_steps=int(values.uft_sampling_steps),
+            result=finetune_result,
+            settings={
+                "fd_samples": int(values.uft_fd),
+                "sampling_steps": int(values.uft_sampling_steps),
+            },
             label=label,
-            estimate_s=seconds.seconds(config.steps) if seconds else None,
+            estimate_s=seconds.seconds(loop.steps) if seconds else None,
             control=control,
         )
         st.rerun()
+
+
+def finetune_result(done: jobs_finetune.Completed) -> dict[str, Any]:
+    """A completed job's holdout ε-losses, and same-seed sample grids (and digits-FD) of the
+    original, the merged UNet before finetuning and after."""
+    family, model, traced = done.model.family, done.model.bundle.model, done.model.traced
+    training = family.training_form(model, traced, done.solution)  # before finetuning
+    before = family.merge(training, traced, done.solution)
+    fd_samples, steps = done.job.config["fd_samples"], done.job.config["sampling_steps"]
+    networks = {"original": model, "before": before, "after": done.merged}
+    grids, fd = _samples(done.job, networks, fd_samples, steps)
+    return {
+        "holdout_original": done.figures["original"]["eps_loss"],
+        "holdout_before": done.figures["surgery"]["eps_loss"],
+        "holdout_after": done.figures["finetuned"]["eps_loss"],
+        "grids": grids,
+        "fd": fd,
+        "fd_samples": fd_samples,
+        "sampling_steps": steps,
+    }
+
+
+def _samples(
+    job: Job, networks: dict[str, Any], fd_samples: int, steps: int
+) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
+    """Same-seed sample grids of each network and, for ``fd_samples`` > 1, their digits-FD."""
+    reporter = progress_reporter(job, "sampling")
+    count_ = max(SAMPLES, fd_samples)
+    grids: dict[str, np.ndarray] = {}
+    fd: dict[str, float] | None = {} if fd_samples > 1 else None
+    for index, (name, network) in enumerate(networks.items()):
+        images = ddim_sample(
+            network,
+            count_,
+            steps=steps,
+            seed=SAMPLE_SEED,
+            progress=lambda done, total, i=index: reporter(i * total + done, 3 * total, None),
+        )
+        grids[name] = sample_grid(images[:SAMPLES], GRID_ROWS)
+        if fd is not None:
+            job.stage = "digits-FD"
+            fd[name] = digits_fd(images[:fd_samples])
+    return grids, fd
 
 
 def finetune_view(job: Job) -> None:
@@ -118,7 +167,7 @@ def finetune_view(job: Job) -> None:
         figure = eps_loss_curves(
             list(job.history),
             reference=job.live.get("reference"),
-            total_steps=job.total or job.config["finetune"].steps,
+            total_steps=job.total or job.config["finetune"].config.steps,
         )
         st.plotly_chart(figure, key=f"unet_curves_{job.id}")
     elif job.active:
@@ -160,17 +209,6 @@ def finetune_view(job: Job) -> None:
     predicted = f" (predicted {duration(estimate)} for the steps alone)" if estimate else ""
     st.success(
         f"Finetuned {count(result['steps'])} steps in {duration(result['seconds'])}{predicted}."
-    )
-
-
-def resume(job: Job) -> Job:
-    """Continue a stopped UNet finetune from its checkpoint, with its settings."""
-    return jobs_finetune.start_unet_finetune(
-        job.config["solution"],
-        job.config["finetune"],
-        fd_samples=job.config["fd_samples"],
-        sampling_steps=job.config["sampling_steps"],
-        resume_of=job,
     )
 
 
