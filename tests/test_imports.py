@@ -16,10 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 FAMILY_CHECK = re.compile(r"is_unet|is_diffusion|model_kind")
 # The app's finetune job and its planning are written once for every family: they call core's
 # finetune workflow and the family protocol, never a family's own loop, surgery or merge.
+# Page modules that start a core workflow for every family (tables, measure, finetune): they go
+# through core.workflows and the family protocol (core.families), never a family's own modules
+# nor the pipeline's pieces, so the app holds no second copy of a workflow.
 FAMILY_NEUTRAL_PAGES = (
     "pages.finetune",
     "pages._shared.jobs_finetune",
     "pages._shared.finetune_plan",
+    "pages._shared.jobs_tables",
+    "pages._shared.jobs_measure",
 )
 FAMILY_INTERNALS = ("core.families.", "core.finetune", "core.surgery", "core.merge")
 
@@ -111,68 +116,35 @@ def test_only_the_family_registry_asks_which_family_a_model_is() -> None:
     assert offenders == []
 
 
-def test_the_finetune_job_and_its_plan_import_no_family_internals() -> None:
-    """Other pages' modules still import family modules (see the report of issue 15); these no
-    longer hold a second copy of the finetune pipeline."""
-    modules = _modules()
-    imported = {
-        name: sorted(
-            target
-            for target in _imports(name, modules[name], modules)
-            if target.startswith(FAMILY_INTERNALS) and target != "core.families.base"
-        )
-        for name in FAMILY_NEUTRAL_PAGES
-    }
-    assert imported == dict.fromkeys(FAMILY_NEUTRAL_PAGES, [])
-
-
-def test_the_family_internals_rule_sees_a_family_import() -> None:
-    modules = _modules()
-    grids = _imports("pages._shared.grids", modules["pages._shared.grids"], modules)
-    assert "core.families.unet.sampling" in grids  # a page helper that samples UNets
-    assert {t for t in grids if t.startswith(FAMILY_INTERNALS)}
-
-
-def test_the_cycle_finder_finds_a_cycle() -> None:
-    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "p": {"p.x"}, "p.x": {"p"}}
-    assert _cycles(edges) == [["a", "b", "c"]]
-
-
-# Page modules that start a core workflow for every family: they go through core.workflows and the
-# family protocol (core.families), never a family's own modules.
-FAMILY_FREE_PAGES = ("pages/_shared/jobs_tables.py", "pages/_shared/jobs_measure.py")
-
-
 def _family_internals(name: str, path: Path, modules: dict[str, Path]) -> list[str]:
-    """The modules of one family's package (``core.families.unet...``) that ``path`` imports."""
-    families = {
-        p.name for p in (ROOT / "core" / "families").iterdir() if (p / "__init__.py").exists()
-    }
+    """What ``path`` imports of a family's own modules or of the pipeline's pieces."""
     return sorted(
         target
         for target in _imports(name, path, modules)
-        if target.split(".")[:2] == ["core", "families"]
-        and len(target.split(".")) > 2
-        and target.split(".")[2] in families
+        if target.startswith(FAMILY_INTERNALS) and target != "core.families.base"
     )
 
 
 def test_the_job_modules_import_no_family_internals() -> None:
+    """Panels (pages/_shared/panels/) are family plug-ins and may; the job modules may not."""
     modules = _modules()
-    found = {
-        page: _family_internals(".".join(Path(page).with_suffix("").parts), ROOT / page, modules)
-        for page in FAMILY_FREE_PAGES
-    }
-    assert found == {page: [] for page in FAMILY_FREE_PAGES}
+    found = {name: _family_internals(name, modules[name], modules) for name in FAMILY_NEUTRAL_PAGES}
+    assert found == dict.fromkeys(FAMILY_NEUTRAL_PAGES, [])
 
 
-def test_the_family_internals_check_finds_a_family_import(tmp_path: Path) -> None:
+def test_the_family_internals_rule_sees_a_family_import(tmp_path: Path) -> None:
     page = tmp_path / "page.py"
     page.write_text(
         "from core.families import family_for\n"
         "def f():\n"
         "    from core.families.unet.latency import measure_unet_latency\n"
         "    import core.families.classifier.family\n"
+        "    from core.merge import merge_model\n"
     )
     found = _family_internals("pages.page", page, _modules())
-    assert found == ["core.families.classifier.family", "core.families.unet.latency"]
+    assert found == ["core.families.classifier.family", "core.families.unet.latency", "core.merge"]
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "p": {"p.x"}, "p.x": {"p"}}
+    assert _cycles(edges) == [["a", "b", "c"]]

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from core.finetune import evaluate
 from core.solution import Solution
 from core.workflows.measure import Measurement
 from core.workflows.measure import measure as measure_workflow
@@ -23,7 +20,7 @@ from core.workflows.model import LoadedModel
 from pages._shared import caches
 from pages._shared.tables_in_use import TablesInUse
 
-__all__ = ["measure", "measure_classifier", "measure_unet", "evaluate_accuracy", "ROUNDS"]
+__all__ = ["measure", "ROUNDS"]
 
 ROUNDS = 7  # alternating rounds per network: seconds on the demo models, medians that hold
 
@@ -74,18 +71,4 @@ def measurement_record(done: Measurement, *, network: str = "network") -> dict[s
         "original_convs": done.original["conv_count"],
         "merged_convs": done.compressed["conv_count"],
         "how": how,
-    }
-
-
-# The names the panels called before the measurement was one function for every family.
-measure_classifier = measure
-measure_unet = measure
-
-
-def evaluate_accuracy(network: nn.Module) -> dict[str, float]:
-    """Test accuracy (%) of the original classifier and of ``network`` on the test split."""
-    test = caches.data().test
-    return {
-        "before": evaluate(caches.bundle().model, test).accuracy,
-        "after": evaluate(network, test).accuracy,
     }

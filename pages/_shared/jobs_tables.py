@@ -28,8 +28,6 @@ __all__ = [
     "start_tables",
     "data_problem",
     "check_data",
-    "unet_data_problem",
-    "check_unet_data",
 ]
 
 
@@ -101,19 +99,6 @@ def data_problem(which: ModelChoice | None = None) -> str | None:
 def check_data(which: ModelChoice | None = None) -> None:
     """Raise :func:`data_problem`'s answer as a DataError (before a job starts)."""
     problem = data_problem(which)
-    if problem is not None:
-        raise DataError(problem)
-
-
-def unet_data_problem(bundle: Any) -> str | None:
-    """The session family's :meth:`~core.families.ModelFamily.data_problem` for ``bundle`` on the
-    session's data (the name the UNet finetune form still calls)."""
-    return caches.family().data_problem(state.choice().data_spec, bundle)
-
-
-def check_unet_data(bundle: Any) -> None:
-    """Raise :func:`unet_data_problem`'s answer as a DataError (the UNet finetune job's check)."""
-    problem = unet_data_problem(bundle)
     if problem is not None:
         raise DataError(problem)
 

@@ -14,6 +14,7 @@ import streamlit as st
 from torch import nn
 
 from core.export import export_onnx, network_metrics
+from core.finetune import evaluate
 from core.solution import Solution
 from pages._shared import caches, job_list, jobs_measure, state, views
 from pages._shared.numbers import count, decimal, percent, speedup
@@ -60,12 +61,12 @@ def export_view(solution: Solution, used: TablesInUse) -> ExportView:
         cols[1].metric("Speed-up, predicted (tables)", speedup(speed["predicted_speedup"]))
     elif cols[0].button("Measure the speed-up", key="export_measure"):
         with st.spinner("Timing the original and the compressed network side by side…"):
-            measured = jobs_measure.measure_classifier(solution, used)
+            measured = jobs_measure.measure(solution, used)
         state.remember_measurement("speed", solution, measured)
         st.rerun()
     if accuracy is None and cols[2].button("Test the accuracy", key="export_accuracy"):
         with st.spinner("Evaluating both networks on the test split…"):
-            tested = jobs_measure.evaluate_accuracy(network)
+            tested = _test_accuracy(network)
         state.remember_measurement("accuracy", solution, tested)
         st.rerun()
     input_shape = caches.chain().input_shape  # read now: the click runs outside the session
@@ -91,3 +92,12 @@ def onnx_bytes(network: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """The merged classifier as ONNX bytes, verified with ONNX Runtime (core.export)."""
     with tempfile.TemporaryDirectory(prefix="lm-export-") as folder:
         return export_onnx(network, Path(folder) / "model.onnx", input_shape).read_bytes()
+
+
+def _test_accuracy(network: nn.Module) -> dict[str, float]:
+    """Test accuracy (%) of the original classifier and of ``network`` on the test split."""
+    test = caches.data().test
+    return {
+        "before": evaluate(caches.bundle().model, test).accuracy,
+        "after": evaluate(network, test).accuracy,
+    }

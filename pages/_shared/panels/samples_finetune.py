@@ -39,7 +39,7 @@ STAGES = (  # the finetune job's grids: result key, caption
 
 def finetune_form(solution: Solution) -> None:
     """Steps (recommended for this solution), the ε-loss settings, the predicted duration, Start."""
-    problem = jobs_tables.unet_data_problem(caches.bundle())
+    problem = jobs_tables.data_problem()
     if problem is not None:
         st.warning(f"This UNet cannot be finetuned here: {problem}.")
         return

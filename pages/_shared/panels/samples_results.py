@@ -37,7 +37,7 @@ def measure_section(solution: Solution, used: TablesInUse) -> None:
         "original, and draws 16 samples of each from the same noise",
     ):
         with st.spinner("Merging, timing and sampling…"):
-            stored = jobs_measure.measure_unet(solution, used)
+            stored = jobs_measure.measure(solution, used)
         state.remember_measurement("step", solution, stored)
     if stored is None:
         st.caption(
