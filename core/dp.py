@@ -125,13 +125,18 @@ _FRONTIERS: dict[tuple[int, str, str, bool], tuple[Tables, list[FrontierPoint]]]
 _CACHE_LOCK = threading.Lock()  # Streamlit sessions share the module from several threads
 
 
+# importance normalizations of the data-light mode (core.importance): they score distortion
+DISTORTION_NORMALIZATIONS = ("distortion", "kl")
+
+
 @dataclass(frozen=True)
 class ObjectiveScale:
     """How one table's entries score under the additive objective, and what a score predicts.
 
     An entry's additive score is its measured Δ of ``metric`` against the network that differs in
     nothing, sign chosen so that higher is better: Δacc (percentage points) for ``accuracy``,
-    -Δloss for ``epsilon_loss``. An unchanged segment (length 1, its conv kept) scores exactly 0.
+    -Δloss for ``epsilon_loss``, and for tables of the data-light ``distortion`` mode (no
+    accuracy measured) -distortion = log(importance), predicting no metric. An unchanged segment (length 1, its conv kept) scores exactly 0.
     The importance run finetunes every entry's network briefly, and the length-1 kept entries all
     ARE the original network, sharing one such run (core.importance): their common Δ, the
     finetune's own effect, is the ``reference`` subtracted from every other entry, so that a score
@@ -141,7 +146,7 @@ class ObjectiveScale:
     the ε-loss (lower is better).
     """
 
-    metric: str  # "accuracy", "epsilon_loss", or "" when the tables record no Δ of either
+    metric: str  # "accuracy", "epsilon_loss", "distortion", or "" when no Δ is recorded
     reference: float
     original: float | None  # the original network's metric, from meta.json; None if unrecorded
 
@@ -323,6 +328,10 @@ def objective_scale(tables: Tables) -> ObjectiveScale:
     ``importance_base_accuracy`` or ``importance_base_loss``, the unmodified network's measurement.
     """
     meta = tables.meta
+    if meta.get("importance_normalization") in DISTORTION_NORMALIZATIONS:
+        # distortion mode measured how far each change moves the logits, not accuracy: its Δacc
+        # on a few calibration images is 0 throughout, which would make every choice free
+        return ObjectiveScale(metric="distortion", reference=0.0, original=None)
     has_acc = any(math.isfinite(e.delta_acc) for e in tables.entries)
     has_loss = any(math.isfinite(e.delta_loss) for e in tables.entries)
     if has_loss and not has_acc:
@@ -796,6 +805,9 @@ def _raw_delta(entry: TableEntry, metric: str) -> float:
         return float(entry.delta_acc)
     if metric == "epsilon_loss":
         return 0.0 - float(entry.delta_loss)  # 0.0, not -0.0, for an unchanged loss
+    if metric == "distortion":  # importance = exp(-distortion): its log adds up
+        importance = float(entry.importance)
+        return 0.0 + math.log(importance) if importance > 0 else -math.inf
     return math.nan
 
 
@@ -949,7 +961,9 @@ def _check_entry(entry: TableEntry, objective: str, scale: ObjectiveScale) -> No
                 "these tables record no Δaccuracy or Δε-loss (importance.csv's delta_acc and "
                 "delta_loss); build the importance table, or use the paper objective"
             )
-        column = "delta_acc" if scale.metric == "accuracy" else "delta_loss"
+        column = {"accuracy": "delta_acc", "distortion": "importance"}.get(
+            scale.metric, "delta_loss"
+        )
         raise TableMismatchError(
             f"entry {entry.key} has no {column} ({_raw_delta(entry, scale.metric)}); build the "
             "importance table before solving, or use the paper objective"

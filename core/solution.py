@@ -31,8 +31,9 @@ SOLUTION_VERSION = 1
 # better), ``paper`` Σ exp(Δ/100) (LAYERMERGE.md §4). Files written before the field are ``paper``.
 OBJECTIVES = ("additive", "paper")
 # The metric a table's Δ columns measure: accuracy in percentage points (classifiers), or the
-# ε-prediction loss (diffusion UNets; lower is better, so the additive objective sums -Δloss).
-METRICS = ("accuracy", "epsilon_loss")
+# ε-prediction loss (diffusion UNets; lower is better, so the additive objective sums -Δloss), or
+# the logits' distortion (the data-light importance mode: it sums -distortion, predicts nothing).
+METRICS = ("accuracy", "epsilon_loss", "distortion")
 
 
 class SolutionWriteError(OutputWriteError):

@@ -61,6 +61,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "STRUCTURE_KINDS",
     "ADDITIVITY_TOLERANCE",
+    "OVERHEAD_SCALE_BOUNDS",
     "StructureCost",
     "SpeedPrediction",
     "Reliability",
@@ -79,6 +80,8 @@ STRUCTURE_KINDS = ("fixed", "residual", "activation")
 # The keep-everything check: the table's segments plus the measured structure should add up to
 # the measured network; beyond this relative gap the table (or the machine) is not to be trusted.
 ADDITIVITY_TOLERANCE = 0.2
+# s outside these says the table and the measured network do not describe one machine state.
+OVERHEAD_SCALE_BOUNDS = (0.5, 2.0)
 _KEY_FIELDS = 5  # start, end, kernel, depthwise, stride
 
 SegmentKey = tuple[int, int, int, bool, int]
@@ -256,19 +259,23 @@ def running_residuals(meta: Mapping[str, Any], solution: Solution) -> tuple[tupl
 def overhead_scale(meta: Mapping[str, Any]) -> float:
     """s = (N - F) / (E - F): how much the network really spends per ms of table time (module
     docstring). 1.0 when the table has no folded network or no complete structure costs, or when
-    N and E disagree beyond :data:`ADDITIVITY_TOLERANCE` (a table measured on a busy machine: its
-    warning says so, and a remainder that large is noise, not overhead to scale by)."""
+    s falls outside :data:`OVERHEAD_SCALE_BOUNDS` (a broken table, not overhead to scale by).
+
+    A table whose keep-everything check fails (beyond :data:`ADDITIVITY_TOLERANCE`) is still
+    scaled, and warned about: the MobileNetV2 demo's remainder measured 17% on one run and 23% on
+    a quiet one, and the frontier's measurements follow the scaled model in both
+    (BENCHMARKS.md, "Speed model")."""
     network = _float(meta.get("network_folded_latency_ms"))
     explained = explained_network_ms(meta)
     if network is None or explained is None:
         return 1.0
-    if abs(network - explained) > ADDITIVITY_TOLERANCE * network:
-        return 1.0  # the table fails its keep-everything check (and says so): no scale from it
     fixed = sum(latency for cost, latency in _structure_costs(meta) if cost.kind == "fixed")
     variable = explained - fixed
     if variable <= 0 or network - fixed <= 0:
         return 1.0
-    return (network - fixed) / variable
+    scale = (network - fixed) / variable
+    low, high = OVERHEAD_SCALE_BOUNDS
+    return scale if low <= scale <= high else 1.0
 
 
 def explained_network_ms(meta: Mapping[str, Any]) -> float | None:

@@ -733,3 +733,27 @@ def test_the_benchmarks_synthetic_table_keeps_its_stated_budget_base() -> None:
     assert tables.original_latency_ms == pytest.approx(bench.KEEP_EVERYTHING_MS, abs=1e-9)
     keep = dp.solve(tables, budget_fraction=1.0)
     assert keep.importance >= 0.0 and keep.latency_ms <= bench.KEEP_EVERYTHING_MS + 1e-9
+
+
+def test_distortion_tables_score_minus_the_distortion_not_a_flat_accuracy() -> None:
+    """The data-light mode measures no accuracy (Δacc is 0 throughout on its calibration images):
+    its additive score is log(importance) = -distortion, so removals are not free."""
+    entries = [
+        replace(e, delta_acc=0.0, delta_loss=0.0)
+        for e in (
+            _entry(0, 1, [1], 1.0, 1.0),
+            _entry(1, 2, [2], 1.0, 1.0),
+            _entry(0, 2, [1, 2], 1.5, math.exp(-0.1)),
+            _entry(1, 2, [], 0.0, math.exp(-2.0)),
+        )
+    ]
+    tables = _make_tables(entries, importance_normalization="distortion")
+    assert dp.objective_scale(tables).metric == "distortion"
+    keep = dp.solve(tables, budget_ms=2.0)
+    assert keep.importance == 0.0 and [s.kernel for s in keep.segments] == [3, 3]
+    merged = dp.solve(tables, budget_ms=1.5)  # the merge distorts less than the removal
+    assert merged.importance == pytest.approx(-0.1) and [s.kernel for s in merged.segments] == [5]
+    assert merged.predicted is None and merged.to_dict()["metric"] == "distortion"
+    removed = dp.solve(tables, budget_ms=1.0)
+    assert removed.importance == pytest.approx(-2.0)
+    assert Solution.from_dict(json.loads(json.dumps(removed.to_dict()))).metric == "distortion"

@@ -21,6 +21,7 @@ from core.segments import keep_everything_solution
 from core.solution import Solution, SolutionSegment
 from core.speed import (
     ADDITIVITY_TOLERANCE,
+    OVERHEAD_SCALE_BOUNDS,
     explained_network_ms,
     overhead_scale,
     planned_activations,
@@ -287,10 +288,12 @@ def test_a_unet_family_without_structure_costs_is_predicted_from_its_table(tmp_p
     assert table_reliability(meta).reliable  # a quiet clock: no reason to warn
 
 
-def test_a_table_failing_its_keep_everything_check_is_not_scaled():
-    """A remainder beyond the tolerance is a busy machine's noise, not overhead: s stays 1."""
-    meta = _hand_meta()
-    meta["network_folded_latency_ms"] = 7.05 * (1 + 2 * ADDITIVITY_TOLERANCE)
+def test_the_overhead_scale_is_bounded_and_one_when_nothing_is_unexplained():
+    """Beyond OVERHEAD_SCALE_BOUNDS the table and network describe different machines: s = 1."""
+    meta = _hand_meta()  # explained 7.05 of which 0.6 fixed
+    meta["network_folded_latency_ms"] = 0.6 + 6.45 * (OVERHEAD_SCALE_BOUNDS[1] + 0.1)
     assert overhead_scale(meta) == 1.0
+    meta["network_folded_latency_ms"] = 0.6 + 6.45 * OVERHEAD_SCALE_BOUNDS[1]
+    assert overhead_scale(meta) == pytest.approx(OVERHEAD_SCALE_BOUNDS[1])
     meta["network_folded_latency_ms"] = 7.05  # all explained: nothing to scale
     assert overhead_scale(meta) == pytest.approx(1.0)
