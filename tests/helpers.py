@@ -136,3 +136,18 @@ def one_line_error(code: int, err: str) -> str:
     assert code == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+# A diffusers UNet2DModel config small enough to build, trace and finetune in a second: one
+# channel, two levels, one attention block (the CLI and finetune tests of the UNet family).
+TINY_UNET_CONFIG = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "layers_per_block": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 4,
+    "attention_head_dim": 8,
+}

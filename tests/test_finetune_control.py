@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,13 @@ from core.solution import save_solution
 from core.workflows.control import CONTROL_RESULT_NAME, control_key, finetune_control
 from core.workflows.finetune import finetune
 from core.workflows.model import LoadedModel, load_data, load_model
-from tests.helpers import random_solution
+from tests.helpers import TINY_UNET_CONFIG, random_solution
 
-TINY_UNET = {
-    "sample_size": 8,
-    "in_channels": 1,
-    "out_channels": 1,
-    "layers_per_block": 1,
-    "block_out_channels": [8, 16],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-    "norm_num_groups": 4,
-    "attention_head_dim": 8,
-}
 CLASSIFIER_OPTIONS = {"steps": 3, "batch_size": 8, "lr": 0.05, "seed": 1, "device": "cpu"}
 UNET_OPTIONS = {"steps": 2, "batch_size": 8, "seed": 1, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On the shared 2-core machine two OpenMP threads under load are ~100x slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +40,7 @@ def resnet() -> LoadedModel:
 @pytest.fixture(scope="module")
 def unet(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     folder = tmp_path_factory.mktemp("tiny_unet")
-    save_unet_folder(unet_from_config(TINY_UNET, seed=1), folder)
+    save_unet_folder(unet_from_config(TINY_UNET_CONFIG, seed=1), folder)
     return load_model(f"diffusers:{folder}")
 
 

@@ -13,7 +13,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,33 +30,16 @@ from core.flow import apply_solution
 from core.segments import validate_solution
 from core.solution import load_solution
 from core.tables import manifest_entry, read_tables
-from tests.helpers import relative_error
+from tests.helpers import TINY_UNET_CONFIG, relative_error
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_CONFIG = {
-    "sample_size": 8,
-    "in_channels": 1,
-    "out_channels": 1,
-    "layers_per_block": 1,
-    "block_out_channels": [8, 16],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-    "norm_num_groups": 4,
-    "attention_head_dim": 8,
-}
 CNN_CHAIN_KEYS = {
     "model", "width", "input_size", "weights", "chain_digest", "positions", "last_position",
     "convs", "residual_spans", "breaks", "valid_segments", "table_entries",
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On the shared 2-core machine two OpenMP threads under load are ~100x slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def cli(*argv: str, json_output: bool = True) -> tuple[int, Any, str]:
@@ -73,7 +55,7 @@ def cli(*argv: str, json_output: bool = True) -> tuple[int, Any, str]:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     """MODEL spec of a diffusers folder holding a small UNet no code here was written for."""
     folder = tmp_path_factory.mktemp("tiny_unet")
-    save_unet_folder(unet_from_config(TINY_CONFIG, seed=1), folder)
+    save_unet_folder(unet_from_config(TINY_UNET_CONFIG, seed=1), folder)
     return f"diffusers:{folder}"
 
 
@@ -149,7 +131,7 @@ def test_a_bad_folder_exits_2_with_one_line_in_a_real_process(tmp_path: Path) ->
 
 
 def test_weights_that_do_not_fit_the_config_exit_2_with_one_line(tmp_path: Path) -> None:
-    save_unet_folder(unet_from_config(TINY_CONFIG), tmp_path)
+    save_unet_folder(unet_from_config(TINY_UNET_CONFIG), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["block_out_channels"] = [8, 24]
     (tmp_path / "config.json").write_text(json.dumps(config))
