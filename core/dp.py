@@ -807,7 +807,9 @@ def _raw_delta(entry: TableEntry, metric: str) -> float:
         return 0.0 - float(entry.delta_loss)  # 0.0, not -0.0, for an unchanged loss
     if metric == "distortion":  # importance = exp(-distortion): its log adds up
         importance = float(entry.importance)
-        return 0.0 + math.log(importance) if importance > 0 else -math.inf
+        if importance == 0.0:  # exp underflowed: the distortion was at least ~745, and is kept so
+            return math.log(math.ulp(0.0))
+        return 0.0 + math.log(importance) if importance > 0 else math.nan
     return math.nan
 
 

@@ -756,4 +756,9 @@ def test_distortion_tables_score_minus_the_distortion_not_a_flat_accuracy() -> N
     assert merged.predicted is None and merged.to_dict()["metric"] == "distortion"
     removed = dp.solve(tables, budget_ms=1.0)
     assert removed.importance == pytest.approx(-2.0)
+    # a distortion so large that exp(-distortion) underflowed to 0 stays a (huge) finite cost
+    tables = _make_tables(
+        [*entries[:3], replace(entries[3], importance=0.0)], importance_normalization="distortion"
+    )
+    assert dp.solve(tables, budget_ms=1.0).importance < -700
     assert Solution.from_dict(json.loads(json.dumps(removed.to_dict()))).metric == "distortion"
