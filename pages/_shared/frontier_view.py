@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import streamlit as st
 
-from core.dp import FrontierPoint, list_methods
+from core.dp import FrontierPoint, list_methods, objective_scale
 from core.families import family_for
 from core.solution import Solution
 from core.speed import overhead_scale, predict_speed, speedup_from_totals
@@ -66,7 +66,7 @@ class FrontierView:
     network_ms: float | None  # the whole original network, measured (meta.json)
     quality: str  # the family's quality figure: "accuracy", "ε-loss"
     higher_is_better: bool
-    value_kind: str  # "predicted" (original + ΣΔ), "delta" (ΣΔ only) or "objective"
+    value_kind: str  # "predicted" (original + ΣΔ), "delta" (ΣΔ only), "distortion" or "objective"
     unit: str  # "%" for accuracy, "" otherwise
     meta: dict = field(default_factory=dict)  # the tables' meta.json: what the speed model reads
 
@@ -83,6 +83,11 @@ class FrontierView:
             return f"{self.quality}{unit}: lines predicted, markers measured; {better} is better"
         if self.value_kind == "delta":
             return f"predicted ΣΔ {self.quality} over segments{unit}, signed: higher is better"
+        if self.value_kind == "distortion":
+            return (
+                "−Σ distortion of the logits over segments (data-light importance: no "
+                f"{self.quality} measured, none predicted); higher is better"
+            )
         return "objective (sum over segments; no Δ recorded in these tables)"
 
     @property
@@ -92,6 +97,8 @@ class FrontierView:
             return f"predicted {self.quality}"
         if self.value_kind == "delta":
             return f"predicted ΣΔ {self.quality}"
+        if self.value_kind == "distortion":
+            return "−Σ distortion"
         return "objective"
 
     @property
@@ -157,7 +164,9 @@ def _view(key: str, quality: str, higher_is_better: bool, _used: TablesInUse) ->
     meta = _used.tables.meta
     network_ms = float(meta["network_latency_ms"]) if meta.get("network_latency_ms") else None
     all_points = [p for points in fronts.values() for p in points]
-    if all_points and all(p.predicted is not None for p in all_points):
+    if objective_scale(_used.tables).metric == "distortion":
+        kind = "distortion"
+    elif all_points and all(p.predicted is not None for p in all_points):
         kind = "predicted"
     elif all_points and all(p.objective == "additive" for p in all_points):
         kind = "delta"
@@ -171,7 +180,7 @@ def _view(key: str, quality: str, higher_is_better: bool, _used: TablesInUse) ->
         quality=quality,
         higher_is_better=higher_is_better,
         value_kind=kind,
-        unit="%" if quality == "accuracy" and kind != "objective" else "",
+        unit="%" if quality == "accuracy" and kind in ("predicted", "delta") else "",
     )
     for method in list_methods():
         view.curves[method] = _curve(method, fronts.get(method, []), view, _used)

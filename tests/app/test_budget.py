@@ -225,3 +225,19 @@ def test_tables_without_the_original_value_plot_the_sum_of_deltas(tmp_path: Path
         points = frontier(used.tables, method=method)
         assert list(curve.value) == pytest.approx([p.delta for p in points])
     assert view.curves["layermerge"].value[-1] == 0.0, "keeping everything changes nothing"
+
+
+def test_distortion_tables_plot_minus_the_distortion_and_say_so(tmp_path: Path) -> None:
+    """Tables of the data-light importance mode measure no accuracy: the chart says what it shows."""
+    folder = tmp_path / "tables"
+    shutil.copytree(ROOT / "cached_tables" / "digits_resnet", folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["importance_normalization"] = "distortion"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    used = TablesInUse(read_tables(folder), folder, "computed")
+    view = frontier_view_module._view(used.key, "accuracy", True, used)
+    assert view.value_kind == "distortion" and view.unit == ""
+    assert "distortion" in view.value_label and "none predicted" in view.value_label
+    for method, curve in view.curves.items():
+        points = frontier(used.tables, method=method)
+        assert list(curve.value) == pytest.approx([p.importance for p in points])
