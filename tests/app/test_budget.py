@@ -111,17 +111,20 @@ def test_an_impossible_budget_names_each_methods_lowest_and_goes_there(
     budget_page: AppTest,
 ) -> None:
     at = budget_page
-    at.radio(key="method").set_value("depth").run()  # depth's only solution keeps everything
+    at.radio(key="method").set_value("depth").run()  # Kim23 barely merges on this ResNet
+    share = frontier(RESNET, method="depth")[0].latency_ms / RESNET.original_latency_ms * 100
+    lowest = math.ceil(share - 1e-6)
+    assert 60 < lowest <= 100, "the page's default budget must be infeasible for depth"
     assert not at.exception
     assert len(at.error) == 1, texts(at)
     message = at.error[0].value
-    assert "depth 100%" in message and "layermerge" in message and "layer " in message
+    assert f"depth {lowest}%" in message and "layermerge" in message and "layer " in message
     assert "101%" not in message
     go = at.button(key="go_lowest")
-    assert "100%" in go.label
+    assert f"{lowest}%" in go.label
     go.click().run()
     assert not at.exception and not at.error, texts(at)
-    assert at.slider(key="budget").value == 100
+    assert at.slider(key="budget").value == lowest
     assert at.radio(key="method").value == "depth"
     assert "depth" in shown(at)[1]
 
