@@ -78,7 +78,7 @@ from torch import nn
 from core.errors import LayerMergeError
 from core.families.base import ModelFamily, family_for
 from core.files import library_versions
-from core.network import make_activation, make_fixed_op
+from core.network import StepNetwork, make_activation, make_fixed_op
 from core.onnx_export import onnx_bytes
 from core.runner import ProgressCallback, run_jobs
 from core.speed import PROTOCOL_VERSION, StructureCost, explained_network_ms
@@ -117,7 +117,9 @@ __all__ = [
     "REMEASURE_PASSES",
 ]
 
-LATENCY_VERSION = 2  # bump when what an entry measures changes: it invalidates cached tables
+# bump when what an entry or a structure cost measures changes: it invalidates cached tables
+# (3: structure costs timed inside the network)
+LATENCY_VERSION = 3
 DEVICES = ("cpu", "cuda")
 # Timed time per distinct geometry, over all rounds. 0.2 s gives a median over tens of blocks for
 # the small convs and keeps resnet34 / mobilenet_v2-1.4 at 224x224 well inside 5 minutes.
@@ -129,6 +131,7 @@ DEFAULT_WARMUP_RUNS = 3  # untimed runs first: allocator, oneDNN primitive cache
 WEIGHT_SEED = 0  # random weights of the timed convs (their values do not change the timing)
 STORE_VERSION = 3  # of the partial store's layout: one job per (phase, round, geometry)
 NETWORK_JOB = "network"  # the whole-network timing's job (geometry jobs are JSON objects)
+NETWORK_STEPS_JOB = "network steps"  # the original's steps timed where they run (structure costs)
 STRUCTURE_PREFIX = "structure:"  # a structure cost's job: the prefix and its geometry's JSON
 REFERENCE = "reference"  # what the timer is told when it times the reference op
 # The reference op: a small conv whose time only the machine's load changes.
@@ -410,6 +413,12 @@ def measure_latency(
             return module.train(baseline.training), input_shape  # timing leaves its mode alone
 
         builders[NETWORK_JOB] = network
+        if _times_steps(baseline, config, structure):
+
+            def network_steps() -> tuple[nn.Module, tuple[int, ...]]:
+                return baseline, input_shape
+
+            builders[NETWORK_STEPS_JOB] = network_steps
 
     store = PartialStore(directory, f"latency-{key}", {"latency_key": key, "store": STORE_VERSION})
     protocol = _Protocol(
@@ -447,8 +456,11 @@ def measure_latency(
                     latency_spread_ms=spread_ms,
                 )
             )
+    in_network = (
+        job_rounds[NETWORK_STEPS_JOB].step_values() if NETWORK_STEPS_JOB in job_rounds else {}
+    )
     structure_rows = [
-        cost.to_meta(results[job][0])
+        _structure_row(cost, results[job][0], in_network)
         for job, costs in structure.items()
         if job in results
         for cost in costs
@@ -486,6 +498,42 @@ def measure_latency(
         seconds=time.perf_counter() - started,
         cancelled=protocol.cancelled,
     )
+
+
+def time_steps(
+    network: nn.Module, input_shape: tuple[int, ...], config: LatencyConfig
+) -> tuple[Timing, dict[str, float]]:
+    """Time a :class:`~core.network.StepNetwork` step by step where each step runs.
+
+    Passes of ``network.timed_forward`` on a seeded input fill ``config.min_run_time`` (at least
+    three, after ``config.warmup_runs``). Returns the passes' total as a :class:`Timing` and each
+    step's median in ms. CPU only: on CPU every op ends before the next begins.
+    """
+    example = torch.randn(input_shape, generator=torch.Generator().manual_seed(WEIGHT_SEED))
+    was_training = network.training
+    network.eval()
+    totals: list[float] = []
+    steps: dict[str, list[float]] = {}
+    try:
+        with torch_threads(config.threads), torch.inference_mode():
+            for _ in range(config.warmup_runs):
+                network(example)
+            started = time.perf_counter()
+            while len(totals) < 3 or time.perf_counter() - started < config.min_run_time:
+                begun = time.perf_counter()
+                _, timed = network.timed_forward(example)
+                totals.append(time.perf_counter() - begun)
+                for label, seconds in timed:
+                    steps.setdefault(label, []).append(seconds * 1e3)
+    finally:
+        network.train(was_training)
+    ordered = sorted(totals)
+    timing = Timing(
+        median_ms=statistics.median(totals) * 1e3,
+        spread_ms=(ordered[-1] - ordered[0]) * 1e3,
+        runs=len(totals),
+    )
+    return timing, {label: statistics.median(values) for label, values in steps.items()}
 
 
 def merged_conv_module(geometry: dict[str, int], activation: str = "relu") -> nn.Sequential:
@@ -573,6 +621,9 @@ def chain_structure_costs(chain: Any, activation: str | None = None) -> tuple[St
     - ``activation``: the activation a table entry is timed with (``activation``, by default the
       chain's), at the output shape of every conv 1..N.
 
+    Each lists the steps of the BN-folded original (``core.merge``'s labels) that run it, where
+    the original runs it: the profiler times it there (:data:`NETWORK_STEPS_JOB`).
+
     Args:
         chain: a :class:`~core.chain.Chain`.
         activation: the activation every table entry ends with (meta.json's ``activation``).
@@ -598,6 +649,11 @@ def chain_structure_costs(chain: Any, activation: str | None = None) -> tuple[St
                 "ops": [{"kind": op.kind, "params": op.params} for op in chain.post_ops[0]],
                 "shape": list(stem.input_shape),
             },
+            steps=(
+                "conv0",
+                *(["act0"] if chain.activations[0] else []),
+                *_op_labels(chain, 0),
+            ),
         )
     ]
     for position in range(1, chain.last_position + 1):
@@ -616,6 +672,7 @@ def chain_structure_costs(chain: Any, activation: str | None = None) -> tuple[St
                         ],
                         "shape": list(convs[position].output_shape),
                     },
+                    steps=_op_labels(chain, position),
                 )
             )
     for span in chain.residuals:
@@ -642,6 +699,7 @@ def chain_structure_costs(chain: Any, activation: str | None = None) -> tuple[St
                 },
                 start=span.start,
                 end=span.end,
+                steps=(f"add {span.start}",),
             )
         )
     for position in range(1, chain.last_position + 1):
@@ -657,9 +715,15 @@ def chain_structure_costs(chain: Any, activation: str | None = None) -> tuple[St
                 position=position,
                 original=chain.activations[position],
                 default=chain.default_activation,
+                steps=(f"act{position}",) if chain.activations[position] else (),
             )
         )
     return tuple(costs)
+
+
+def _op_labels(chain: Any, position: int) -> tuple[str, ...]:
+    """The labels ``core.merge`` gives the fixed ops after ``position``."""
+    return tuple(f"op{position}_{k}" for k in range(len(chain.post_ops[position])))
 
 
 def structure_module(geometry: Mapping[str, Any]) -> tuple[nn.Module, tuple[int, ...]]:
@@ -751,6 +815,7 @@ class _Sample:
     median_ms: float = math.nan
     spread_ms: float = math.nan
     slow: bool = False
+    steps: dict[str, float] | None = None  # NETWORK_STEPS_JOB: each step's median, ms
 
 
 @dataclass
@@ -776,13 +841,27 @@ class _JobRounds:
             if self.samples.get(r) and all(s.slow for s in self.samples[r])
         ]
 
+    def chosen(self) -> list[_Sample]:
+        """The sample each round counts: its first quiet one (its fastest when none was quiet)."""
+        chosen = []
+        for r in sorted(r for r, samples in self.samples.items() if samples):
+            quiet = [s for s in self.samples[r] if not s.slow]
+            chosen.append(quiet[0] if quiet else min(self.samples[r], key=lambda s: s.median_ms))
+        return chosen
+
+    def step_values(self) -> dict[str, float]:
+        """Each step's median over rounds (ms), for a job that times steps; labels every
+        counted round has."""
+        recorded = [s.steps for s in self.chosen() if s.steps]
+        if not recorded:
+            return {}
+        labels = set.intersection(*(set(steps) for steps in recorded))
+        return {label: float(statistics.median(s[label] for s in recorded)) for label in labels}
+
     def value(self) -> tuple[float, float]:
         """(median over rounds, spread over rounds) in ms; a round counts its first quiet sample
         (its fastest sample when none was quiet)."""
-        chosen = []
-        for r in sorted(r for r, samples in self.samples.items() if samples):
-            quiet = [s.median_ms for s in self.samples[r] if not s.slow]
-            chosen.append(quiet[0] if quiet else min(s.median_ms for s in self.samples[r]))
+        chosen = [s.median_ms for s in self.chosen()]
         if len(chosen) >= 4:
             low, _, high = statistics.quantiles(chosen, n=4)
             spread = high - low
@@ -889,7 +968,7 @@ class _Protocol:
         spreads = [
             spread / median
             for job, jr in by_job.items()
-            if job != NETWORK_JOB and jr.complete
+            if job not in (NETWORK_JOB, NETWORK_STEPS_JOB) and jr.complete
             for median, spread in [jr.value()]
             if median > 0
         ]
@@ -944,23 +1023,30 @@ class _Protocol:
         round_index, job = payload
         module, shape = self.modules.get(job)
         share = self.config.min_run_time / self.config.rounds
-        if job == NETWORK_JOB:
+        if job in (NETWORK_JOB, NETWORK_STEPS_JOB):
             share *= NETWORK_MIN_RUN_TIME_FACTOR
         warmup = (
             self.config.warmup_runs if job not in self._warm else min(1, self.config.warmup_runs)
         )
         self._warm.add(job)
         config = replace(self.config, min_run_time=share, warmup_runs=warmup)
-        timing = self.timer(job, module, (self.config.batch, *shape), config)
+        steps = None
+        if job == NETWORK_STEPS_JOB:
+            timing, steps = time_steps(module, (self.config.batch, *shape), config)
+        else:
+            timing = self.timer(job, module, (self.config.batch, *shape), config)
         self.ran_jobs.add(job)
         if round_index == 0 and sample_id.startswith("r|"):
             self.first_timed.add(job)
-        return {
+        result = {
             "seq": seq,
             "reference_ms": reference,
             "median_ms": float(timing.median_ms),
             "spread_ms": float(timing.spread_ms),
         }
+        if steps is not None:
+            result["steps"] = steps
+        return result
 
     def _time_reference(self) -> float:
         if self._reference is None:
@@ -990,6 +1076,7 @@ class _Protocol:
                     float(result["reference_ms"]),
                     float(result["median_ms"]),
                     float(result["spread_ms"]),
+                    steps=result.get("steps"),
                 )
             )
         samples.sort(key=lambda s: s.seq)
@@ -1000,6 +1087,30 @@ class _Protocol:
                 after = samples[index + 1].reference_ms if index + 1 < len(samples) else 0.0
                 sample.slow = max(sample.reference_ms, after) > limit
         return samples
+
+
+def _times_steps(
+    baseline: nn.Module, config: LatencyConfig, structure: Mapping[str, list[StructureCost]]
+) -> bool:
+    """Whether the run times the structure costs inside the network: a step network on the
+    CPU with torch (an ONNX graph or a CUDA stream has no step boundaries to time)."""
+    return (
+        isinstance(baseline, StepNetwork)
+        and config.backend == "torch"
+        and config.device == "cpu"
+        and any(cost.steps for costs in structure.values() for cost in costs)
+    )
+
+
+def _structure_row(
+    cost: StructureCost, alone_ms: float, in_network: Mapping[str, float]
+) -> dict[str, Any]:
+    """A structure cost's meta.json row: timed in the network when all its steps were, else
+    alone (both recorded)."""
+    if cost.steps and all(label in in_network for label in cost.steps):
+        latency = sum(in_network[label] for label in cost.steps)
+        return cost.to_meta(latency, timed="in network", alone_ms=float(alone_ms))
+    return cost.to_meta(alone_ms, timed="alone")
 
 
 def _sample_id(phase: str, round_index: int, job: str) -> str:
@@ -1185,6 +1296,8 @@ def _latency_meta(
             "quiet_percentile": QUIET_PERCENTILE,
             "slow_factor": SLOW_FACTOR,
             "remeasure_passes": REMEASURE_PASSES,
+            "structure": "each structure cost timed inside the BN-folded original where it runs "
+            "there (its steps, in the same rounds), alone where it does not",
         },
         "versions": library_versions(),
         "cpu": cpu_model(),

@@ -24,6 +24,7 @@ silently dropping the shortcut.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -144,40 +145,67 @@ class StepNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         saved: dict[int, torch.Tensor] = {}
         for step in self.spec["steps"]:
-            op = step["op"]
-            if op == "conv":
-                x = self.layers[step["name"]](x)
-                if step.get("bn"):
-                    x = self.layers[step["bn"]["name"]](x)
-            elif op == "pad":
-                x = F.pad(x, [step["amount"]] * 4)
-            elif op in ("act", "fixed"):
-                x = self.layers[step["name"]](x)
-            elif op == "save":
-                saved[step["slot"]] = x
-            else:  # add
-                skip = saved[step["slot"]]
-                crop = step.get("crop", 0)
-                if crop:
-                    skip = skip[:, :, crop:, crop:]
-                shortcut = step.get("shortcut")
-                if shortcut:
-                    skip = self.layers[shortcut["name"]](skip)
-                    if shortcut.get("bn"):
-                        skip = self.layers[shortcut["bn"]["name"]](skip)
-                zero_pad = step.get("zero_pad_shortcut")
-                if zero_pad:
-                    stride = zero_pad["stride"]
-                    before, after = zero_pad["channels"]
-                    # option A: subsample, then zero channels around the original ones
-                    skip = F.pad(skip[:, :, ::stride, ::stride], (0, 0, 0, 0, before, after))
-                skip = skip[:, :, : x.shape[2], : x.shape[3]]
-                if skip.shape != x.shape:
-                    raise RuntimeError(
-                        f"residual add of slot {step['slot']}: skip {tuple(skip.shape)} does not "
-                        f"match {tuple(x.shape)}"
-                    )
-                x = x + skip
+            x = self.run_step(step, x, saved)
+        return x
+
+    def timed_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[str, float]]]:
+        """``forward``, timing each step where it runs: ``(output, [(label, seconds), ...])``.
+
+        Why: a layer timed alone (a latency table entry) runs on a hot cache, and the speed
+        model misses where a layer costs something else inside the network
+        (``bench/bench_speed_parts.py`` compares the two). Labels: a conv's, an activation's or
+        a fixed op's name, ``add <slot>`` for a residual add (its shortcut included), ``pad``;
+        ``save`` steps cost nothing and are left out. Meaningful on the CPU, where each op ends
+        before the next starts.
+        """
+        saved: dict[int, torch.Tensor] = {}
+        times: list[tuple[str, float]] = []
+        clock = time.perf_counter
+        for step in self.spec["steps"]:
+            started = clock()
+            x = self.run_step(step, x, saved)
+            if step["op"] != "save":
+                times.append((step_label(step), clock() - started))
+        return x, times
+
+    def run_step(
+        self, step: dict[str, Any], x: torch.Tensor, saved: dict[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """One step of the spec (module docstring) on ``x``; a ``save`` step writes ``saved``."""
+        op = step["op"]
+        if op == "conv":
+            x = self.layers[step["name"]](x)
+            if step.get("bn"):
+                x = self.layers[step["bn"]["name"]](x)
+        elif op == "pad":
+            x = F.pad(x, [step["amount"]] * 4)
+        elif op in ("act", "fixed"):
+            x = self.layers[step["name"]](x)
+        elif op == "save":
+            saved[step["slot"]] = x
+        else:  # add
+            skip = saved[step["slot"]]
+            crop = step.get("crop", 0)
+            if crop:
+                skip = skip[:, :, crop:, crop:]
+            shortcut = step.get("shortcut")
+            if shortcut:
+                skip = self.layers[shortcut["name"]](skip)
+                if shortcut.get("bn"):
+                    skip = self.layers[shortcut["bn"]["name"]](skip)
+            zero_pad = step.get("zero_pad_shortcut")
+            if zero_pad:
+                stride = zero_pad["stride"]
+                before, after = zero_pad["channels"]
+                # option A: subsample, then zero channels around the original ones
+                skip = F.pad(skip[:, :, ::stride, ::stride], (0, 0, 0, 0, before, after))
+            skip = skip[:, :, : x.shape[2], : x.shape[3]]
+            if skip.shape != x.shape:
+                raise RuntimeError(
+                    f"residual add of slot {step['slot']}: skip {tuple(skip.shape)} does not "
+                    f"match {tuple(x.shape)}"
+                )
+            x = x + skip
         return x
 
     def conv_count(self) -> int:
@@ -213,6 +241,13 @@ def conv_step(
             "momentum": bn.momentum,
         }
     return step
+
+
+def step_label(step: dict[str, Any]) -> str:
+    """What :meth:`StepNetwork.timed_forward` calls a step."""
+    if step["op"] == "add":
+        return f"add {step['slot']}"
+    return str(step.get("name") or step["op"])
 
 
 def _conv_from(step: dict[str, Any]) -> nn.Conv2d:

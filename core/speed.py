@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from core.solution import Solution
@@ -101,6 +101,12 @@ class StructureCost:
         original: the activation the original network runs at ``position`` (None: linear).
         default: the activation a merged segment ending at a linear ``position`` gets (the
             chain's default; None when the model has none).
+        steps: the labels (``core.network.step_label``) of the speed baseline's steps that run
+            this cost inside the original network, when it runs it there (empty: it does not,
+            e.g. an activation at a linear position). The profiler times the cost there, where
+            it really costs what it costs: a small memory-bound op (an activation, an add, a
+            pooling) timed alone on a hot cache costs half of what it costs in the network
+            (BENCHMARKS.md, "Speed model, part by part").
     """
 
     name: str
@@ -111,15 +117,21 @@ class StructureCost:
     position: int | None = None
     original: str | None = None
     default: str | None = None
+    steps: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in STRUCTURE_KINDS:
             raise ValueError(f"structure kind must be one of {STRUCTURE_KINDS}, got {self.kind!r}")
 
-    def to_meta(self, latency_ms: float) -> dict[str, Any]:
-        """The meta.json record: the fields the speed model reads, and the measured cost."""
-        data = {k: v for k, v in asdict(self).items() if k != "geometry" and v is not None}
-        return {**data, "latency_ms": float(latency_ms)}
+    def to_meta(self, latency_ms: float, **timing: Any) -> dict[str, Any]:
+        """The meta.json record: the fields the speed model reads, the cost it uses, and
+        ``timing`` (how it was timed: ``timed``, ``alone_ms``; for the reader, not the model)."""
+        data = {
+            k: list(v) if k == "steps" else v
+            for k, v in asdict(self).items()
+            if k != "geometry" and v is not None and v != ()
+        }
+        return {**data, "latency_ms": float(latency_ms), **timing}
 
 
 @dataclass(frozen=True)
@@ -392,10 +404,13 @@ def _original_segments(meta: Mapping[str, Any]) -> list[tuple[SegmentKey, float]
 
 
 def _structure_costs(meta: Mapping[str, Any]) -> list[tuple[StructureCost, float]]:
+    names = {f.name for f in fields(StructureCost)}
     costs = []
     for row in meta.get("structure_costs") or ():
-        fields = {k: v for k, v in row.items() if k != "latency_ms"}
-        costs.append((StructureCost(**fields), float(row["latency_ms"])))
+        known = {k: v for k, v in row.items() if k in names}
+        if "steps" in known:
+            known["steps"] = tuple(known["steps"])
+        costs.append((StructureCost(**known), float(row["latency_ms"])))
     return costs
 
 

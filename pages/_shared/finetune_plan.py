@@ -36,6 +36,7 @@ __all__ = [
     "time_steps",
     "duration_note",
     "control_checkbox",
+    "recommended_row",
 ]
 
 CLASSIFIER_EPOCHS = 2  # the demo frontier's recipe: 2 epochs, SGD lr 0.02, batch 64
@@ -116,6 +117,19 @@ def step_seconds(solution: Solution, used: TablesInUse | None, *, batch: int) ->
             return None
     asked.add(key)
     return time_steps(key, solution, which)
+
+
+def recommended_row(plan: Recommendation, steps_key: str) -> None:
+    """The recommendation in one line, with a button that puts its steps in the form's Steps
+    field (session key ``steps_key``): one row for every family's finetune form."""
+    left, right = st.columns([5, 1], vertical_alignment="center")
+    left.markdown(f"**Recommended: {count(plan.steps)} steps**: {plan.reason}.")
+    if plan.steps:
+        right.button(
+            f"Use {count(plan.steps)} steps",
+            key="use_recommended",
+            on_click=lambda: st.session_state.update({steps_key: plan.steps}),
+        )
 
 
 def control_checkbox() -> bool:

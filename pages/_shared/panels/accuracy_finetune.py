@@ -38,14 +38,7 @@ def finetune_form(solution: Solution) -> None:
         f"({count(images)} finetune images). The training form keeps every kept conv separate "
         "with its BN; after training it merges exactly."
     )
-    left, right = st.columns([5, 1], vertical_alignment="center")
-    left.markdown(f"**Recommended: {count(plan.steps)} steps**: {plan.reason}.")
-    if plan.steps:
-        right.button(
-            f"Use {count(plan.steps)} steps",
-            key="use_recommended",
-            on_click=lambda: values.update(ft_steps=plan.steps),
-        )
+    finetune_plan.recommended_row(plan, "ft_steps")
     cols = st.columns(4)
     steps = cols[0].number_input(
         "Steps",

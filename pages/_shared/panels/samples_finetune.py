@@ -52,14 +52,7 @@ def finetune_form(solution: Solution) -> None:
         "(its inner GroupNorm → SiLU removed, a new post-norm after conv2); after training it "
         "merges exactly."
     )
-    left, right = st.columns([5, 1], vertical_alignment="center")
-    left.markdown(f"**Recommended: {count(plan.steps)} steps**: {plan.reason}.")
-    if plan.steps:
-        right.button(
-            f"Use {count(plan.steps)} steps",
-            key="use_recommended",
-            on_click=lambda: values.update(uft_steps=plan.steps),
-        )
+    finetune_plan.recommended_row(plan, "uft_steps")
     cols = st.columns(6)
     steps = cols[0].number_input("Steps", 1, 1_000_000, max(1, plan.steps), key="uft_steps")
     cols[1].number_input("Learning rate", 1e-6, 1.0, 4e-4, format="%.5f", key="uft_lr")
