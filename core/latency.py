@@ -13,7 +13,11 @@ Beside the entries the run times what the speed model (:mod:`core.speed`) needs 
 whole network: the original network as it is deployed and measured (the family's speed baseline:
 a classifier with its BNs folded), recorded as ``network_folded_latency_ms``, and the family's
 structure costs (``ModelFamily.structure_costs``: residual adds and shortcuts a merge may absorb,
-activations the entries time but the network does not run, the stem and head), each at its shape.
+activations the entries time but the network does not run, the stem and head). A structure cost
+the original runs is timed there, inside its forward pass (:data:`NETWORK_STEPS_JOB`, the folded
+original's steps timed one by one in the same rounds), because a small op costs more in the
+network than alone; the others, and every cost of a network that is not a step network, alone at
+their shape (meta.json records both, ``timed`` and ``alone_ms``).
 
 **The profiling protocol** (it must hold on a laptop or a shared server, not only a quiet box):
 

@@ -12,7 +12,12 @@ T the latency table::
     speed-up     = N / predicted_ms
 
 Δ structure is what the merge changes outside the table's entries, each cost measured at profile
-time at its true shape (:class:`StructureCost`, listed by the model's family):
+time (:class:`StructureCost`, listed by the model's family) inside the BN-folded original where
+the original runs it (its steps, timed in a real forward pass), alone at its true shape where it
+does not. Inside, because a small memory-bound op (an activation, an add, the pooling head) costs
+1.5-3x in the network what it costs alone on a hot cache; timed alone, the most compressed
+networks, made mostly of such ops, were over-predicted by 15-30% (BENCHMARKS.md, "Speed model,
+part by part"):
 
 - ``residual``: a residual add (with its 1x1 or zero-pad shortcut) runs unless a segment absorbs
   its whole block into the merged kernel (LAYERMERGE.md §5.3 step 5): absorbed adds are

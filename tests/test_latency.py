@@ -8,6 +8,7 @@ import zlib
 
 import pytest
 import torch
+import torchvision
 
 from core import latency
 from core.__main__ import main
@@ -131,6 +132,10 @@ def test_one_row_per_chain_entry_with_matching_keys(name, tmp_path):
     kinds = {c["kind"] for c in meta["structure_costs"]}
     assert kinds == ({"fixed", "residual", "activation"} if chain.residuals else kinds)
     assert all(c["latency_ms"] > 0 for c in meta["structure_costs"])
+    # a cost the original runs is timed inside it (its steps), the rest alone; both recorded
+    for cost in meta["structure_costs"]:
+        assert cost["timed"] == ("in network" if cost.get("steps") else "alone"), cost
+        assert cost.get("alone_ms", 1.0) > 0
     assert meta["structure_complete"] and meta["explained_network_ms"] > 0
     singles = sum(e.latency_ms for e in table.entries if e.end - e.start == 1 and e.keeps_all_convs)
     assert meta["original_table_latency_ms"] == pytest.approx(singles)
@@ -415,3 +420,39 @@ def test_every_structure_cost_builds_and_runs_at_its_shape(name):
         with torch.no_grad():
             out = module(torch.randn(2, *shape))
         assert out.shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("builder", "size"),
+    [
+        (lambda: torchvision.models.resnet18(), 64),
+        (lambda: torchvision.models.resnet50(), 64),
+        (lambda: torchvision.models.mobilenet_v2(), 64),
+        (lambda: build_model("digits_resnet").model, 32),
+    ],
+    ids=["resnet18", "resnet50", "mobilenet_v2", "digits_resnet"],
+)
+def test_structure_steps_are_steps_the_folded_original_runs(builder, size):
+    """The profiler times a structure cost inside the network by its step labels: every label
+    must be one the BN-folded original runs, and every step that is not a main-path conv must
+    belong to exactly one cost (else the in-network times would miss or double-count it)."""
+    from core.benchmark import folded_original
+    from core.latency import chain_structure_costs, time_steps
+
+    model = builder().eval()
+    chain = trace_chain(model, size)
+    original = folded_original(model, chain)
+    _, timed = original.timed_forward(torch.randn(1, *chain.input_shape))
+    labels = [label for label, seconds in timed]
+    costs = chain_structure_costs(chain)
+    claimed = [label for cost in costs for label in cost.steps]
+    assert len(claimed) == len(set(claimed))
+    assert set(claimed) <= set(labels)
+    linear = {f"act{p}" for p in range(1, chain.last_position + 1) if not chain.activations[p]}
+    unclaimed = set(labels) - set(claimed)
+    assert all(label.startswith("merged") for label in unclaimed), unclaimed - linear
+    for cost in costs:
+        if cost.kind == "activation":
+            assert bool(cost.steps) == bool(chain.activations[cost.position])
+    timing, steps = time_steps(original, (1, *chain.input_shape), LatencyConfig(min_run_time=0.001))
+    assert set(steps) == set(labels) and timing.runs >= 3 and timing.median_ms > 0

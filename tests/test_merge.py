@@ -125,6 +125,27 @@ def test_keep_everything_merged_reproduces_torchvision(builder) -> None:
     assert merged.depth() == len(chain.convs)
 
 
+@pytest.mark.parametrize(
+    "builder",
+    [torchvision.models.resnet18, torchvision.models.mobilenet_v2],
+    ids=["resnet18", "mobilenet_v2"],
+)
+def test_timed_forward_is_forward_with_one_time_per_step(builder) -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(builder()).eval()
+    chain = trace_chain(model, 64)
+    solution = random_solution(chain, random.Random(0))
+    merged = merge_model(model, chain, solution)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out, timed = merged.timed_forward(x)
+        assert torch.equal(out, merged(x))
+    steps = [step for step in merged.spec["steps"] if step["op"] != "save"]
+    assert len(timed) == len(steps) and all(seconds >= 0 for _, seconds in timed)
+    adds = [label for label, _ in timed if label.startswith("add ")]
+    assert adds == [f"add {step['slot']}" for step in steps if step["op"] == "add"]
+
+
 def test_merge_leaves_source_model_untouched() -> None:
     model = randomize_batchnorm(torchvision.models.resnet18())
     before = {k: v.clone() for k, v in model.state_dict().items()}
