@@ -112,6 +112,45 @@ def test_cancel_and_progress(model, tables):
     assert [(done_, total) for done_, total, _ in seen] == [(0, 1), (1, 1)]
 
 
+def test_a_point_measured_in_a_slow_phase_is_measured_again(model, tables, monkeypatch):
+    """Judged on its original alone: the point whose original ran 2x the typical one is measured
+    again and the measurement taken at the typical speed is kept; the others are left alone."""
+    from core.workflows import frontier as workflow
+
+    calls: list[str] = []
+
+    def fake_measure(model_, solution, settings, rounds):
+        key = solution_key(solution)
+        calls.append(key)
+        slow = len(calls) == 2  # the second point's first measurement: a slow phase
+        original = 200.0 if slow else 100.0
+        merged = 50.0 if slow else 60.0
+        return {
+            "original_ms": original,
+            "merged_ms": merged,
+            "speedup": original / merged,
+            "rounds": rounds,
+            "batch": settings.batch,
+            "threads": settings.threads,
+            "allocator": settings.allocator,
+            "backend": settings.backend,
+            "load_average": None,
+            "measured_at": "now",
+        }
+
+    monkeypatch.setattr(workflow, "_measure_point", fake_measure)
+    done = measure_frontier(model, tables, methods=["layermerge"], points=4, isolate=False)
+    keys = [row.solution_key for row in done.rows]
+    assert done.measured_now == len(set(keys)) >= 3 and done.remeasured == 1
+    assert calls.count(calls[1]) == 2 and len(calls) == len(set(keys)) + 1
+    cached = read_measured_frontier(tables)
+    assert cached[calls[1]].original_ms == 100.0 and cached[calls[1]].speedup == 100.0 / 60.0
+    assert all(row.measured.original_ms == 100.0 for row in done.rows)
+    # a rerun finds nothing slow and measures nothing
+    again = measure_frontier(model, tables, methods=["layermerge"], points=4, isolate=False)
+    assert again.measured_now == again.remeasured == 0 and len(calls) == len(set(keys)) + 1
+
+
 def test_select_points_spans_the_frontier():
     latencies = [1.0, 1.1, 1.2, 2.0, 3.0, 3.1, 5.0, 9.0, 9.5, 10.0]
     assert select_points(latencies, None) == list(range(10))

@@ -115,6 +115,11 @@ def format_text(result: dict[str, Any]) -> str:
         lines.append(
             f"  measured now: {result['measured_now']} point(s), cached before: "
             f"{result['cached']}, in {result['seconds']:.1f} s ({result['status']})"
+            + (
+                f"; measured again (original in a slow phase): {result['remeasured']}"
+                if result.get("remeasured")
+                else ""
+            )
         )
     method = None
     for row in result["rows"]:
