@@ -139,7 +139,9 @@ def test_a_point_measured_in_a_slow_phase_is_measured_again(model, tables, monke
         }
 
     monkeypatch.setattr(workflow, "_measure_point", fake_measure)
-    done = measure_frontier(model, tables, methods=["layermerge"], points=4, isolate=False)
+    done = measure_frontier(
+        model, tables, methods=["layermerge"], points=4, isolate=False, passes=1
+    )
     keys = [row.solution_key for row in done.rows]
     assert done.measured_now == len(set(keys)) >= 3 and done.remeasured == 1
     assert calls.count(calls[1]) == 2 and len(calls) == len(set(keys)) + 1
@@ -149,6 +151,50 @@ def test_a_point_measured_in_a_slow_phase_is_measured_again(model, tables, monke
     # a rerun finds nothing slow and measures nothing
     again = measure_frontier(model, tables, methods=["layermerge"], points=4, isolate=False)
     assert again.measured_now == again.remeasured == 0 and len(calls) == len(set(keys)) + 1
+
+
+def test_rounds_are_split_into_passes_over_all_points_and_each_keeps_its_median(
+    model, tables, monkeypatch
+):
+    """A slow phase spoils one pass of a point, not the point: its median pass is kept."""
+    from core.workflows import frontier as workflow
+
+    calls: list[tuple[str, int]] = []
+
+    def fake_measure(model_, solution, settings, rounds):
+        key = solution_key(solution)
+        calls.append((key, rounds))
+        spoiled = len(calls) == 2  # the second point's first pass ran in a slow phase
+        merged = 20.0 if spoiled else 50.0 + len(calls)  # passes differ a little
+        return {
+            "original_ms": 100.0,
+            "merged_ms": merged,
+            "speedup": 100.0 / merged,
+            "rounds": rounds,
+            "batch": settings.batch,
+            "threads": settings.threads,
+            "allocator": settings.allocator,
+            "backend": settings.backend,
+            "load_average": None,
+            "measured_at": "now",
+        }
+
+    monkeypatch.setattr(workflow, "_measure_point", fake_measure)
+    done = measure_frontier(
+        model, tables, methods=["layermerge"], points=3, rounds=9, passes=3, isolate=False
+    )
+    keys = list(dict.fromkeys(row.solution_key for row in done.rows))
+    assert len(keys) >= 2 and done.measured_now == len(keys)
+    # pass-major order: every point once, then every point again, each pass 3 of the 9 rounds
+    assert [key for key, _ in calls] == keys * 3 and {r for _, r in calls} == {3}
+    cached = read_measured_frontier(tables)
+    assert all(point.rounds == 9 for point in cached.values())
+    second = cached[keys[1]]
+    assert second.merged_ms != 20.0  # the spoiled pass is not the one kept
+    merged_of_second = sorted(
+        50.0 + i + 1 for i, (k, _) in enumerate(calls) if k == keys[1] and i != 1
+    )
+    assert second.merged_ms in merged_of_second
 
 
 def test_select_points_spans_the_frontier():

@@ -20,7 +20,12 @@ from core.benchmark import TimingSettings
 from core.commands.common import progress_printer, require_positive
 from core.dp import DEFAULT_OBJECTIVE, DEFAULT_SEARCH, OBJECTIVES, SEARCHES, list_methods
 from core.tables import read_meta
-from core.workflows.frontier import DEFAULT_ROUNDS, frontier_rows, measure_frontier
+from core.workflows.frontier import (
+    DEFAULT_PASSES,
+    DEFAULT_ROUNDS,
+    frontier_rows,
+    measure_frontier,
+)
 from core.workflows.model import load_model
 
 __all__ = ["add_parser", "run", "format_text"]
@@ -59,6 +64,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=DEFAULT_ROUNDS,
         help=f"alternating timed rounds per point (default {DEFAULT_ROUNDS})",
     )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=DEFAULT_PASSES,
+        help="split each point's rounds into this many passes over all points, minutes apart; "
+        f"a point keeps its median pass (default {DEFAULT_PASSES}; 1: each point at once)",
+    )
     parser.add_argument("--objective", choices=OBJECTIVES, default=DEFAULT_OBJECTIVE)
     parser.add_argument("--search", choices=SEARCHES, default=DEFAULT_SEARCH)
     parser.add_argument(
@@ -70,7 +82,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    require_positive(args, ["points", "rounds"])
+    require_positive(args, ["points", "rounds", "passes"])
     if args.measure:
         meta = read_meta(args.tables)
         TimingSettings.from_meta(meta).apply()  # a CLI process takes the table's allocator
@@ -89,6 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             objective=args.objective,
             search=args.search,
             progress=progress_printer("frontier"),
+            passes=args.passes,
         )
     else:
         result = frontier_rows(

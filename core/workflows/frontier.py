@@ -56,6 +56,7 @@ __all__ = [
     "measure_solution",
     "read_measured_frontier",
     "slow_points",
+    "median_pass",
 ]
 
 MEASURED_FILE = "frontier_measured.json"  # beside latency.csv
@@ -66,6 +67,10 @@ DEFAULT_ROUNDS = 9  # alternating rounds per point (original, merged, merged, or
 # networks alike, so its ratio is off too. It is measured again, up to SLOW_REMEASURES times.
 SLOW_ORIGINAL_FACTOR = 1.3
 SLOW_REMEASURES = 2
+# The rounds of a point are split into passes over all points, so a point's measurements lie
+# minutes apart and a slow phase of seconds spoils one pass, not the point: each point keeps its
+# median pass. (One 9-round measurement carried +-10-18% on the 2-core host: BENCHMARKS.md.)
+DEFAULT_PASSES = 3
 
 ProgressCallback = Callable[[int, int, float | None], None]
 
@@ -256,12 +261,15 @@ def measure_frontier(
     isolate: bool | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    passes: int = DEFAULT_PASSES,
 ) -> FrontierResult:
     """Measure the merged network of every frontier point (or ``points`` per method).
 
     Each point not yet in ``frontier_measured.json`` is built (training form, then merged) and
-    timed against the original, alternating, ``rounds`` rounds, with the table's settings; the
-    result is saved at once, so a cancelled or killed run keeps what it measured. Then every
+    timed against the original, alternating, with the table's settings: ``rounds`` rounds in
+    all, split into ``passes`` passes over every point (:data:`DEFAULT_PASSES`); a point keeps
+    its median pass (by speed-up), saved after every pass, so a cancelled or killed run keeps
+    what it measured (its ``rounds`` says how many were done). Then every
     point (cached ones too) whose original ran :data:`SLOW_ORIGINAL_FACTOR` x slower than the
     table's typical original is measured again (:func:`slow_points`), keeping the measurement
     whose original is closest to the typical one: a rerun mends what a slow phase spoiled.
@@ -276,8 +284,9 @@ def measure_frontier(
         objective, search: as :func:`core.dp.frontier` takes them.
         isolate: time in a worker process that has the table's allocator setting; None: only
             when this process does not (the CLI applies it to itself, the app never does).
-        progress: ``progress(done, total, eta_s)`` in points to measure, after each point.
+        progress: ``progress(done, total, eta_s)`` in point-passes to measure, after each.
         cancel: once set, no further point starts; the result says ``cancelled``.
+        passes: passes over the points (at most ``rounds``); 1 measures each point at once.
 
     Raises:
         TableMismatchError: the tables belong to another network.
@@ -289,6 +298,9 @@ def measure_frontier(
     joined = read_tables(directory)
     _check_model(joined, model, directory)
     _check_rounds(rounds)
+    _check_rounds(passes)
+    passes = min(passes, rounds)
+    per_pass = math.ceil(rounds / passes)
     settings = TimingSettings.from_meta(joined.meta)
     _check_settings(settings, model)
     cache = read_measured_frontier(directory)
@@ -304,7 +316,7 @@ def measure_frontier(
     workers: list[SettingsWorker] = []  # started at the first point to measure, if isolated
     remeasured = remeasured_cached = 0
 
-    def measure(solution: Solution) -> MeasuredPoint:
+    def measure(solution: Solution, rounds: int) -> MeasuredPoint:
         if isolated:
             if not workers:
                 workers.append(SettingsWorker(settings))
@@ -314,19 +326,26 @@ def measure_frontier(
             data = _measure_point(model, solution, settings, rounds)
         return MeasuredPoint(solution_key=solution_key(solution), **data)
 
+    passes_of: dict[str, list[MeasuredPoint]] = {key: [] for key in pending}
+    total = len(pending) * passes
     try:
         if progress is not None:
-            progress(0, len(pending), None)
-        for count, (key, solution) in enumerate(pending.items(), start=1):
-            if cancel is not None and cancel.is_set():
-                status = "cancelled"
+            progress(0, total, None)
+        count = 0
+        for _ in range(passes):
+            for key, solution in pending.items():
+                if cancel is not None and cancel.is_set():
+                    status = "cancelled"
+                    break
+                passes_of[key].append(measure(solution, per_pass))
+                measured[key] = median_pass(passes_of[key])
+                _save_point(directory, joined.meta, settings, measured[key])
+                count += 1
+                if progress is not None:
+                    per_step = (time.perf_counter() - started) / count
+                    progress(count, total, per_step * (total - count))
+            if status == "cancelled":
                 break
-            point = measure(solution)
-            measured[key] = point
-            _save_point(directory, joined.meta, settings, point)
-            if progress is not None:
-                per_point = (time.perf_counter() - started) / count
-                progress(count, len(pending), per_point * (len(pending) - count))
         if status == "completed":
             solutions = {row.solution_key: row.solution for row in rows}
             known = {**{r.solution_key: r.measured for r in rows if r.measured}, **measured}
@@ -336,7 +355,7 @@ def measure_frontier(
                 best = known[key]
                 typical = _typical_original(known)
                 for _ in range(SLOW_REMEASURES):
-                    again = measure(solutions[key])
+                    again = measure(solutions[key], rounds)
                     if abs(again.original_ms - typical) < abs(best.original_ms - typical):
                         best = again
                     if best.original_ms <= SLOW_ORIGINAL_FACTOR * typical:
@@ -413,6 +432,14 @@ def measure_solution(
         solution_key=key,
         measured=point,
     )
+
+
+def median_pass(passes: Sequence[MeasuredPoint]) -> MeasuredPoint:
+    """The pass with the median speed-up (the lower one of an even count: a real measurement,
+    its original and merged times together), with ``rounds`` counting every pass's rounds."""
+    ordered = sorted(passes, key=lambda point: point.speedup)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    return replace(chosen, rounds=sum(point.rounds for point in passes))
 
 
 def slow_points(points: Mapping[str, MeasuredPoint]) -> list[str]:
