@@ -6,6 +6,9 @@ measures them: for each point (or the N most useful, spread along the latency ax
 merged network and times it against the original (the family's speed baseline: a classifier with
 its BNs folded) in alternating rounds (:func:`core.benchmark.measure_side_by_side`), with the
 table's own settings (batch, threads, backend, allocator; :class:`core.benchmark.TimingSettings`).
+A shared machine has slow phases of seconds, so a point's rounds are split into passes over all
+points, minutes apart, and the point keeps its median pass; a point whose original still ran
+slow is measured again.
 
 Results are cached beside the tables, in ``frontier_measured.json``, keyed by the latency table
 (its cache key and CSV digest: a re-profiled table starts afresh) and by each solution's digest,
