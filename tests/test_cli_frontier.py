@@ -125,18 +125,7 @@ def test_a_point_measured_in_a_slow_phase_is_measured_again(model, tables, monke
         slow = len(calls) == 2  # the second point's first measurement: a slow phase
         original = 200.0 if slow else 100.0
         merged = 50.0 if slow else 60.0
-        return {
-            "original_ms": original,
-            "merged_ms": merged,
-            "speedup": original / merged,
-            "rounds": rounds,
-            "batch": settings.batch,
-            "threads": settings.threads,
-            "allocator": settings.allocator,
-            "backend": settings.backend,
-            "load_average": None,
-            "measured_at": "now",
-        }
+        return _measurement(original, merged, settings, rounds)
 
     monkeypatch.setattr(workflow, "_measure_point", fake_measure)
     done = measure_frontier(
@@ -166,18 +155,7 @@ def test_rounds_are_split_into_passes_over_all_points_and_each_keeps_its_median(
         calls.append((key, rounds))
         spoiled = len(calls) == 2  # the second point's first pass ran in a slow phase
         merged = 20.0 if spoiled else 50.0 + len(calls)  # passes differ a little
-        return {
-            "original_ms": 100.0,
-            "merged_ms": merged,
-            "speedup": 100.0 / merged,
-            "rounds": rounds,
-            "batch": settings.batch,
-            "threads": settings.threads,
-            "allocator": settings.allocator,
-            "backend": settings.backend,
-            "load_average": None,
-            "measured_at": "now",
-        }
+        return _measurement(100.0, merged, settings, rounds)
 
     monkeypatch.setattr(workflow, "_measure_point", fake_measure)
     done = measure_frontier(
@@ -195,6 +173,22 @@ def test_rounds_are_split_into_passes_over_all_points_and_each_keeps_its_median(
         50.0 + i + 1 for i, (k, _) in enumerate(calls) if k == keys[1] and i != 1
     )
     assert second.merged_ms in merged_of_second
+
+
+def _measurement(original: float, merged: float, settings, rounds: int) -> dict:
+    """What ``_measure_point`` returns, for a fake clock's times."""
+    return {
+        "original_ms": original,
+        "merged_ms": merged,
+        "speedup": original / merged,
+        "rounds": rounds,
+        "batch": settings.batch,
+        "threads": settings.threads,
+        "allocator": settings.allocator,
+        "backend": settings.backend,
+        "load_average": None,
+        "measured_at": "now",
+    }
 
 
 def test_select_points_spans_the_frontier():
