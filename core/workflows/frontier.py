@@ -316,15 +316,15 @@ def measure_frontier(
     isolated = not settings.holds_here() if isolate is None else bool(isolate)
     measured: dict[str, MeasuredPoint] = {}
     status = "completed"
-    workers: list[SettingsWorker] = []  # started at the first point to measure, if isolated
+    workers: list[tuple[SettingsWorker, Any]] = []  # (worker, recipe), at the first point
     remeasured = remeasured_cached = 0
 
     def measure(solution: Solution, rounds: int) -> MeasuredPoint:
         if isolated:
             if not workers:
-                workers.append(SettingsWorker(settings))
-            recipe = model.family.recipe(model.bundle)
-            data = workers[0].call(_measure_in_worker, recipe, solution.to_dict(), settings, rounds)
+                workers.append((SettingsWorker(settings), model.family.recipe(model.bundle)))
+            worker, recipe = workers[0]
+            data = worker.call(_measure_in_worker, recipe, solution.to_dict(), settings, rounds)
         else:
             data = _measure_point(model, solution, settings, rounds)
         return MeasuredPoint(solution_key=solution_key(solution), **data)
@@ -368,7 +368,7 @@ def measure_frontier(
                 measured[key] = best
                 _save_point(directory, joined.meta, settings, best)
     finally:
-        for worker in workers:
+        for worker, _ in workers:
             worker.close()
     rows = [
         _with_measurement(row, measured[row.solution_key]) if row.solution_key in measured else row
